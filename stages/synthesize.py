@@ -1,0 +1,164 @@
+"""Stage `synthesize`: train/validation/eval JSONL and data stats, from synthesis or from your own file.
+
+    python -m stages.synthesize          # reads params.yaml: data
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+
+from stages.catalog import Catalog, load_catalog
+from stages.config import DataConfig, ParamError
+from stages.files import RowFormatError, iter_rows, write_json, write_jsonl
+from stages.generator import (generate_rows, load_templates, plan_specs, render_offline, split_heldout,
+                              template_ids)
+from stages.metaprompt import STYLE_IDS, MetapromptWriter
+from stages.noise import NOISE_TYPES, NoiseVocab
+from stages.task import ACTIONS, InvalidRow, validate_row
+
+OUTPUTS = {"train": Path("data/train.jsonl"), "validation": Path("data/validation.jsonl"), "eval": Path("data/eval.jsonl")}
+STATS = Path("metrics/data.json")
+
+
+class DataError(ValueError):
+    pass
+
+
+def load_rows(path: str, catalog: Catalog, on_invalid: str) -> tuple[list[dict], list[str]]:
+    """Validate every row of a user's file; stop at the first bad one, or drop and report them."""
+    products = set(catalog.names)
+    rows, dropped = [], []
+    try:
+        for where, row in iter_rows(path):
+            try:
+                rows.append(validate_row(row, products))
+            except InvalidRow as err:
+                if on_invalid == "error":
+                    raise DataError(f"{where}: {err} (set data.on_invalid: drop to skip bad rows)") from None
+                dropped.append(f"{where}: {err}")
+    except (FileNotFoundError, RowFormatError) as err:
+        raise DataError(str(err)) from None
+    if not rows:
+        raise DataError(f"{path}: no valid rows")
+    return rows, dropped
+
+
+def style_split(cfg: DataConfig, templates: dict) -> tuple[dict, dict]:
+    """(train styles, held-out styles) per (language, action): templates offline, LLM styles otherwise."""
+    train, heldout = {}, {}
+    for language in cfg.languages:
+        for action in ACTIONS:
+            ids = template_ids(templates, language, action) if cfg.backend == "offline" else STYLE_IDS
+            train[(language, action)], heldout[(language, action)] = split_heldout(ids, cfg.heldout_template_share, cfg.seed)
+    return train, heldout
+
+
+def synthesize(cfg: DataConfig, catalog: Catalog, templates: dict | None = None, vocab: NoiseVocab | None = None,
+               client=None) -> tuple[dict[str, list[dict]], dict]:
+    """Produce the three splits and their stats from params alone (deterministic for a seed)."""
+    templates = templates or load_templates()
+    vocab = vocab or NoiseVocab.load()
+    missing = [lang for lang in cfg.languages if lang not in templates]
+    if missing:
+        raise ParamError(f"params.yaml: data.languages: no templates for {missing}")
+    rates = cfg.noise.rates()
+    if cfg.backend == "offline":
+        def write(spec, rng):
+            return render_offline(spec, catalog, templates, rates, vocab, rng)
+        writer = None
+    else:
+        writer = write = MetapromptWriter(cfg.metaprompt, catalog, templates, rates, vocab, client=client)
+    train_styles, heldout_styles = style_split(cfg, templates)
+
+    stats: dict = {"backend": cfg.backend if not cfg.source else "source", "dropped_rows": 0}
+    if cfg.source:
+        rows, dropped = load_rows(cfg.source, catalog, cfg.on_invalid)
+        stats["dropped_rows"] = len(dropped)
+        stats["dropped_examples"] = dropped[:20]
+        random.Random(cfg.seed).shuffle(rows)
+        counts = {"drawn": len(rows), "duplicates": 0, "excluded": 0, "rejected": 0}
+    else:
+        rng = random.Random(cfg.seed)
+        rows, counts = generate_rows(plan_specs(cfg, catalog, train_styles, rng), write, cfg.n_examples, rng)
+    n_val = max(1, round(len(rows) * cfg.validation_share))
+    splits = {"train": rows[n_val:], "validation": rows[:n_val]}
+
+    seen = {r["text"].casefold() for r in rows}
+    if cfg.eval_source:
+        splits["eval"], dropped = load_rows(cfg.eval_source, catalog, cfg.on_invalid)
+        stats["dropped_rows"] += len(dropped)
+        eval_counts = {}
+    else:
+        rng = random.Random(cfg.eval_seed)
+        splits["eval"], eval_counts = generate_rows(plan_specs(cfg, catalog, heldout_styles, rng), write, cfg.n_eval,
+                                                    rng, exclude=seen)
+    stats.update(dataset_stats(splits, counts, eval_counts, train_styles, heldout_styles))
+    if writer is not None:
+        stats["metaprompt"] = writer.stats()
+    return splits, stats
+
+
+def dataset_stats(splits: dict[str, list[dict]], counts: dict, eval_counts: dict,
+                  train_styles: dict, heldout_styles: dict) -> dict:
+    train = splits["train"]
+    n_train_styles = sum(len(v) for v in train_styles.values())
+    n_heldout = sum(len(v) for v in heldout_styles.values())
+    heldout_ids = {s for v in heldout_styles.values() for s in v}
+    quantities = Counter(r["quantity"] for r in train)
+    train_texts = {r["text"].casefold() for r in train + splits["validation"]}
+
+    def share(rows, pred):
+        return round(sum(map(pred, rows)) / len(rows), 4) if rows else 0.0
+
+    noise = {}
+    for kind in NOISE_TYPES:
+        eligible = [r for r in train if kind != "code_switch" or r.get("language") != "en"]
+        noise[kind] = share(eligible, lambda r, k=kind: k in r.get("noise", []))
+    return {
+        "rows": {name: len(rows) for name, rows in splits.items()},
+        "languages": {name: dict(sorted(Counter(r.get("language", "unknown") for r in rows).items())) for name, rows in splits.items()},
+        "actions": {name: dict(sorted(Counter(r["action"] for r in rows).items())) for name, rows in splits.items()},
+        "products": dict(sorted(Counter(r["product"] for r in train).items())),
+        "n_products": len({r["product"] for r in train}),
+        "quantity": {
+            "share_1_to_3": share(train, lambda r: r["quantity"] <= 3),
+            "max": max(quantities, default=0),
+            "mean": round(sum(q * c for q, c in quantities.items()) / max(1, len(train)), 3),
+            "styles": dict(sorted(Counter(r.get("quantity_style", "unknown") for r in train).items())),
+        },
+        "noise_rates": noise,
+        "any_noise_rate": share(train, lambda r: bool(r.get("noise"))),
+        "duplicate_rate": round(counts["duplicates"] / counts["drawn"], 4) if counts.get("drawn") else 0.0,
+        "rejected": counts.get("rejected", 0) + eval_counts.get("rejected", 0),
+        "heldout": {
+            "styles_total": n_train_styles + n_heldout,
+            "styles_heldout": n_heldout,
+            "heldout_share": round(n_heldout / (n_train_styles + n_heldout), 4),
+            "eval_rows_from_heldout": share(splits["eval"], lambda r: r.get("style") in heldout_ids),
+            "train_rows_from_heldout": share(train + splits["validation"], lambda r: r.get("style") in heldout_ids),
+            "eval_texts_in_train": sum(r["text"].casefold() in train_texts for r in splits["eval"]),
+        },
+    }
+
+
+def main() -> int:
+    try:
+        cfg = DataConfig.load()
+        catalog = load_catalog(cfg.catalog, cfg.languages)
+        splits, stats = synthesize(cfg, catalog)
+    except (ParamError, DataError, ValueError, RuntimeError) as err:
+        print(f"synthesize: error: {err}", file=sys.stderr)
+        return 1
+    for name, path in OUTPUTS.items():
+        write_jsonl(path, splits[name])
+    write_json(STATS, stats)
+    print(f"synthesize: {stats['rows']} rows, languages {stats['languages']['train']}, "
+          f"duplicate rate {stats['duplicate_rate']}, held-out template share {stats['heldout']['heldout_share']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+import json
+
+import pytest
+
+from stages.task import ANSWER_FIELDS, Intent, InvalidRow, answer_schema, prompt_messages, validate_row
+
+PRODUCTS = {"Lip Balm", "Shampoo"}
+
+
+def test_answer_is_the_papers_json():
+    assert Intent("remove", "Lip Balm", 12).to_json() == '{"action": "remove", "product": "Lip Balm", "quantity": 12}'
+
+
+def test_answer_schema_lists_fields_and_optional_enum():
+    schema = answer_schema(["Shampoo", "Lip Balm"])
+    assert schema["required"] == list(ANSWER_FIELDS)
+    assert schema["properties"]["product"]["enum"] == ["Lip Balm", "Shampoo"]
+    assert "enum" not in answer_schema()["properties"]["product"]
+
+
+def test_prompt_has_system_and_user_turns():
+    messages = prompt_messages("add 2 shampoos")
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert messages[1]["content"] == "add 2 shampoos"
+
+
+def test_valid_row_is_normalised():
+    row = validate_row({"text": " add 2 ", "action": "add", "product": "Shampoo", "quantity": "2", "extra": 1}, PRODUCTS)
+    assert row["quantity"] == 2 and row["text"] == "add 2" and row["extra"] == 1
+
+
+@pytest.mark.parametrize(
+    "row, field",
+    [
+        ({"text": "", "action": "add", "product": "Shampoo", "quantity": 1}, "text"),
+        ({"action": "add", "product": "Shampoo", "quantity": 1}, "text"),
+        ({"text": "x", "action": "buy", "product": "Shampoo", "quantity": 1}, "action"),
+        ({"text": "x", "action": "add", "product": "Soap", "quantity": 1}, "product"),
+        ({"text": "x", "action": "add", "product": "Shampoo", "quantity": 0}, "quantity"),
+        ({"text": "x", "action": "add", "product": "Shampoo", "quantity": 2.5}, "quantity"),
+        ({"text": "x", "action": "add", "product": "Shampoo", "quantity": True}, "quantity"),
+        ({"text": "x", "action": "add", "product": "Shampoo", "quantity": "two"}, "quantity"),
+        ({"text": "x", "action": "add", "product": "Shampoo", "quantity": 1, "language": ""}, "language"),
+        (["not", "an", "object"], "row"),
+    ],
+)
+def test_each_bad_field_is_named(row, field):
+    with pytest.raises(InvalidRow) as err:
+        validate_row(row, PRODUCTS)
+    assert err.value.field == field
+    assert str(err.value).startswith(f"{field}: expected")
+
+
+def test_wrong_case_product_gets_a_hint():
+    with pytest.raises(InvalidRow, match="did you mean 'Lip Balm'"):
+        validate_row({"text": "x", "action": "add", "product": "lip balm", "quantity": 1}, PRODUCTS)
+
+
+def test_answer_round_trips_through_json():
+    assert json.loads(Intent("add", "Shampoo", 3).to_json()) == {"action": "add", "product": "Shampoo", "quantity": 3}
