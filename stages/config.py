@@ -204,3 +204,81 @@ class DataConfig(Section):
         check(is_rate(self.heldout_template_share) and 0 < self.heldout_template_share < 1, "heldout_template_share", "a share in (0, 1)", self.heldout_template_share)
         check(self.on_invalid in ("error", "drop"), "on_invalid", "error or drop", self.on_invalid)
         check(isinstance(self.source, str) and isinstance(self.eval_source, str), "source", "a path or empty", self.source)
+
+
+LINEAR_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class TrainConfig(Section):
+    """`train:` QLoRA (or plain LoRA) with trl's SFTTrainer, loss on the JSON answer only.
+
+    Defaults suit the embedded 135M model on 2 CPU cores (about 11 minutes). The paper's recipe
+    (r=8, alpha=16, dropout 0.1, 5 epochs, batch 8, lr 2e-5) is `presets/paper.yaml`.
+    """
+
+    SECTION: ClassVar[str] = "train"
+    quantization: str = "nf4"  # nf4: QLoRA, base loaded 4-bit through bitsandbytes | none: plain LoRA
+    double_quant: bool = True
+    compute_dtype: str = "bfloat16"  # matmul dtype (autocast; AVX512-BF16/AMX on CPU): float32 | bfloat16 | float16
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list = field(default_factory=lambda: list(LINEAR_PROJECTIONS))
+    epochs: float = 1.0
+    max_steps: int = 140  # > 0 overrides epochs
+    batch_size: int = 8
+    gradient_accumulation: int = 1
+    learning_rate: float = 1e-3
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.05
+    max_length: int = 256
+    seed: int = 42
+    threads: int = 2
+    gradient_checkpointing: bool = False
+    eval_steps: int = 70
+    eval_examples: int = 96  # validation rows for the in-training eval loss (the eval stage uses all)
+    save_steps: int = 35
+    logging_steps: int = 10
+    launcher: str = "python"  # python | accelerate (multi-GPU / multi-node via accelerate's own config)
+
+    def __post_init__(self):
+        check(self.quantization in ("nf4", "none"), "quantization", "nf4 or none", self.quantization)
+        check(isinstance(self.double_quant, bool), "double_quant", "true or false", self.double_quant)
+        check(self.compute_dtype in ("float32", "bfloat16", "float16"), "compute_dtype", "float32, bfloat16 or float16", self.compute_dtype)
+        check(is_pos_int(self.lora_r), "lora_r", "a positive integer", self.lora_r)
+        check(isinstance(self.lora_alpha, (int, float)) and self.lora_alpha > 0, "lora_alpha", "a number > 0", self.lora_alpha)
+        check(is_rate(self.lora_dropout) and self.lora_dropout < 1, "lora_dropout", "a rate in [0, 1)", self.lora_dropout)
+        check(isinstance(self.target_modules, list) and len(self.target_modules) > 0 and all(isinstance(m, str) for m in self.target_modules),
+              "target_modules", "a non-empty list of module names", self.target_modules)
+        check(isinstance(self.epochs, (int, float)) and self.epochs > 0, "epochs", "a number > 0", self.epochs)
+        check(isinstance(self.max_steps, int) and (self.max_steps > 0 or self.max_steps == -1), "max_steps", "a positive integer, or -1 to use epochs", self.max_steps)
+        for name in ("batch_size", "gradient_accumulation", "max_length", "threads", "eval_steps", "eval_examples", "save_steps", "logging_steps"):
+            check(is_pos_int(getattr(self, name)), name, "a positive integer", getattr(self, name))
+        check(isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < 1, "learning_rate", "a number in (0, 1)", self.learning_rate)
+        check(self.scheduler in ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"),
+              "scheduler", "a transformers scheduler name (linear, cosine, constant, ...)", self.scheduler)
+        check(is_rate(self.warmup_ratio), "warmup_ratio", "a rate in [0, 1]", self.warmup_ratio)
+        check(isinstance(self.gradient_checkpointing, bool), "gradient_checkpointing", "true or false", self.gradient_checkpointing)
+        check(self.launcher in ("python", "accelerate"), "launcher", "python or accelerate", self.launcher)
+
+
+@dataclass
+class MergeConfig(Section):
+    """`merge:` the adapter merged into a full-precision reload of the base (never the 4-bit one)."""
+
+    SECTION: ClassVar[str] = "merge"
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU | float32 | bfloat16 | float16
+    # max |logit difference| between base+adapter and the merged model, relative to the largest |logit|;
+    # auto: 1e-4 in float32, 3e-2 in half precision (bf16 keeps ~3 significant digits)
+    tolerance: Any = "auto"
+
+    def __post_init__(self):
+        check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", "auto, float32, bfloat16 or float16", self.dtype)
+        check(self.tolerance == "auto" or (isinstance(self.tolerance, (int, float)) and not isinstance(self.tolerance, bool)
+                                           and self.tolerance > 0), "tolerance", "auto or a number > 0", self.tolerance)
+
+    def tolerance_for(self, dtype_name: str) -> float:
+        if self.tolerance != "auto":
+            return float(self.tolerance)
+        return 1e-4 if dtype_name == "float32" else 3e-2

@@ -8,11 +8,10 @@ a local .gguf file, a local model folder, or a Hugging Face hub id. Never trust_
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from stages.config import BaseConfig, ParamError
+from stages.files import atomic_dir
 
 OUT_DIR = Path("models/base")
 # name after "embedded:" -> (package that ships it, file inside the package)
@@ -79,7 +79,13 @@ def load_base(cfg: BaseConfig):
         tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
         loaded = AutoModelForCausalLM.from_pretrained(source.location, gguf_file=source.gguf_file, dtype=torch.float32)
         dtype = DTYPES.get(cfg.dtype, torch.float32)
-        model = AutoModelForCausalLM.from_config(loaded.config, dtype=dtype)
+        config = copy.deepcopy(loaded.config)
+        # the weights are plain floats now: a leftover GGUF quantization_config would make every later
+        # from_pretrained treat them as GGUF (and refuse a BitsAndBytesConfig)
+        for attr in ("quantization_config", "_model_name_or_path"):
+            if hasattr(config, attr):
+                delattr(config, attr)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         model.load_state_dict(loaded.state_dict())
         model.generation_config = loaded.generation_config
         return model, tokenizer, source
@@ -114,21 +120,12 @@ def sanity_answer(model, tokenizer, question: str = "What is the capital of Fran
 
 
 def save_base(model, tokenizer, out_dir: Path, info: dict) -> None:
-    """Write to a temporary folder beside out_dir, then swap it in: never a half-written model."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
+    if not tokenizer.chat_template:
+        raise ModelSourceError(f"{info['model']}: tokenizer has no chat template; pick an instruct model")
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if not tokenizer.chat_template:
-            raise ModelSourceError(f"{info['model']}: tokenizer has no chat template; pick an instruct model")
         (tmp / "base_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def main() -> int:

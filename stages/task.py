@@ -12,12 +12,8 @@ from typing import Any
 ACTIONS = ("add", "remove")
 ANSWER_FIELDS = ("action", "product", "quantity")
 
-SYSTEM_PROMPT = (
-    "You turn a shopper's message about their cart into JSON. "
-    'Reply with exactly one JSON object: {"action": "add" or "remove", '
-    '"product": the product\'s English catalog name, "quantity": a positive integer}. '
-    "If no quantity is given, it is 1."
-)
+# Short on purpose: every training step pays for these tokens (110 -> 71 tokens per example).
+SYSTEM_PROMPT = "Convert the shopper's cart request to JSON with action (add or remove), product and quantity."
 
 
 def answer_schema(products: list[str] | None = None) -> dict[str, Any]:

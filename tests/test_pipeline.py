@@ -6,7 +6,7 @@ import yaml
 
 from conftest import ROOT, run_cli
 
-EXPECTED_STAGES = {"prepare_base", "synthesize"}
+EXPECTED_STAGES = {"prepare_base", "synthesize", "train", "merge"}
 
 
 def test_dag_is_valid_and_has_the_stages():
@@ -25,6 +25,21 @@ def test_each_stage_declares_the_params_section_it_reads():
     assert set(stages) >= EXPECTED_STAGES
     assert stages["prepare_base"]["params"] == ["base"]
     assert stages["synthesize"]["params"] == ["data"]
+    assert stages["train"]["params"] == ["train"]
+    assert stages["merge"]["params"] == ["merge"]
+    # quantization params (later stages) must never retrain: train depends on its own section only
+    assert "models/checkpoints/train" in str(stages["train"]["outs"])
+
+
+def test_paper_preset_is_valid_and_matches_its_one_liner():
+    from stages.config import TrainConfig
+
+    text = (ROOT / "presets" / "paper.yaml").read_text()
+    preset = yaml.safe_load(text)["train"]
+    TrainConfig.from_dict(preset)
+    line = next(l for l in text.splitlines() if "dvc exp run" in l)
+    flags = dict(f.split("=", 1) for f in line.split("-S ")[1:])
+    assert {k.strip().removeprefix("train."): yaml.safe_load(v) for k, v in flags.items()} == preset
 
 
 def test_dvc_config_sends_nothing_home():

@@ -65,6 +65,8 @@ def test_stage_on_the_embedded_default(tmp_path):
     assert "Paris" in info["sanity_answer"]
     assert info["parameters"] > 100e6 and info["dtype"] == "float32"
     assert (out / "model.safetensors").exists() and (out / "chat_template.jinja").exists()
+    config = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in config  # plain float weights, loadable with any quantizer
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(out)

@@ -1,0 +1,118 @@
+"""Stage `merge`: base (reloaded in full precision, never 4-bit) + adapter -> models/merged/.
+
+    python -m stages.merge               # reads params.yaml: merge
+
+Checks before saving: only floating-point tensors remain, no quantization config is left, and the
+merged model's logits match base+adapter on a probe batch within `merge.tolerance`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from stages.config import MergeConfig, ParamError
+from stages.files import atomic_dir, write_json
+from stages.task import prompt_messages
+
+BASE_DIR = Path("models/base")
+ADAPTER_DIR = Path("models/adapter")
+OUT_DIR = Path("models/merged")
+METRICS_FILE = Path("metrics/merge.json")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PROBE_TEXTS = [
+    "Can you delet 12 lip balms for me?",
+    "Bok, ubaci dvije paste za zube u košaricu pls",
+    "¿me quitas tres cremas de manos?",
+    "remove the shampoo",
+]
+
+
+class MergeError(RuntimeError):
+    pass
+
+
+def merge_dtype(cfg: MergeConfig) -> torch.dtype:
+    if cfg.dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return DTYPES[cfg.dtype]
+
+
+def probe_batch(tokenizer):
+    prompts = [tokenizer.apply_chat_template(prompt_messages(t), add_generation_prompt=True, tokenize=False) for t in PROBE_TEXTS]
+    return tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+def non_float_tensors(model) -> list[str]:
+    """Names of parameters or buffers that are not plain floating point (4-bit, int8, packed...)."""
+    bad = []
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if not tensor.is_floating_point() or type(tensor).__name__ not in ("Parameter", "Tensor"):
+            bad.append(f"{name} ({type(tensor).__name__}, {tensor.dtype})")
+    return bad
+
+
+def merge(cfg: MergeConfig, base_dir: Path = BASE_DIR, adapter_dir: Path = ADAPTER_DIR) -> tuple[object, object, dict]:
+    """Return (merged model, tokenizer, report); raises MergeError if a check fails."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for path, what in ((base_dir / "config.json", "base model (run prepare_base)"),
+                       (adapter_dir / "adapter_config.json", "adapter (run train)")):
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing {what}")
+    dtype = merge_dtype(cfg)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).to(device)
+    if getattr(base.config, "quantization_config", None):
+        raise MergeError(f"{base_dir}: the base carries a quantization_config; merge needs full-precision weights")
+    model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    batch = probe_batch(tokenizer).to(device)
+    with torch.no_grad():
+        expected = model(**batch).logits.float()
+        merged = model.merge_and_unload().eval()
+        actual = merged(**batch).logits.float()
+    mask = batch["attention_mask"].bool()
+    max_diff = (expected - actual).abs()[mask].max().item()
+    scale = expected[mask].abs().max().item()
+    dtype_name = str(dtype).removeprefix("torch.")
+    tolerance = cfg.tolerance_for(dtype_name)
+    if max_diff > tolerance * scale:
+        raise MergeError(f"merged logits differ from base+adapter by {max_diff:.3g}, more than merge.tolerance "
+                         f"{tolerance} x max |logit| {scale:.3g}")
+    leftovers = non_float_tensors(merged)
+    if leftovers:
+        raise MergeError(f"merged model still has non-float tensors: {leftovers[:5]}")
+    report = {"dtype": dtype_name, "device": device, "max_logit_diff": max_diff, "relative_logit_diff": max_diff / scale,
+              "tolerance": tolerance, "parameters": sum(p.numel() for p in merged.parameters())}
+    return merged, tokenizer, report
+
+
+def save_merged(model, tokenizer, out_dir: Path) -> None:
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+
+def main() -> int:
+    start = time.perf_counter()
+    try:
+        cfg = MergeConfig.load()
+        model, tokenizer, report = merge(cfg)
+    except (ParamError, FileNotFoundError, MergeError) as err:
+        print(f"merge: error: {err}", file=sys.stderr)
+        return 1
+    save_merged(model.cpu(), tokenizer, OUT_DIR)
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    write_json(METRICS_FILE, report)
+    print(f"merge: {report['parameters'] / 1e6:.1f}M parameters ({report['dtype']}), max logit diff "
+          f"{report['max_logit_diff']:.2e} -> {OUT_DIR}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

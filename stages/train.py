@@ -1,0 +1,270 @@
+"""Stage `train`: a LoRA adapter on the synthesized data, QLoRA (4-bit NF4 base) by default.
+
+    python -m stages.train               # reads params.yaml: train
+
+Loss is on the completion only (the JSON answer), through trl's prompt/completion format.
+Checkpoints go to models/checkpoints/train every `save_steps`; a rerun with the same params, data and
+base resumes from the last one, anything else starts over. The adapter appears in models/adapter only
+when training has finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from stages.config import ParamError, TrainConfig
+from stages.files import atomic_dir, read_jsonl, write_json
+from stages.task import completion_messages, intent_of, prompt_messages
+
+BASE_DIR = Path("models/base")
+TRAIN_FILE = Path("data/train.jsonl")
+VALIDATION_FILE = Path("data/validation.jsonl")
+ADAPTER_DIR = Path("models/adapter")
+CHECKPOINT_DIR = Path("models/checkpoints/train")
+LIVE_DIR = Path("dvclive/train")
+METRICS_FILE = Path("metrics/train.json")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def to_prompt_completion(rows: list[dict]):
+    """trl's conversational prompt/completion format: the loss then covers the completion only."""
+    import datasets
+
+    return datasets.Dataset.from_list([
+        {"prompt": prompt_messages(row["text"]), "completion": completion_messages(intent_of(row))} for row in rows
+    ])
+
+
+def load_training_model(base_dir: Path, cfg: TrainConfig):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs = {"dtype": DTYPES[cfg.compute_dtype]}
+    if cfg.quantization == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=cfg.double_quant,
+            bnb_4bit_compute_dtype=DTYPES[cfg.compute_dtype])
+        if torch.cuda.is_available():
+            kwargs["device_map"] = {"": torch.cuda.current_device()}
+    model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
+    check_target_modules(model, cfg.target_modules)
+    if cfg.quantization == "nf4":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    return model
+
+
+def linear_module_names(model) -> set[str]:
+    """Short names of the linear layers LoRA can target (q_proj, ...), 4-bit ones included."""
+    names = set()
+    for full_name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and full_name != "lm_head":
+            names.add(full_name.rsplit(".", 1)[-1])
+    return names
+
+
+def check_target_modules(model, target_modules: list[str]) -> None:
+    available = linear_module_names(model)
+    unknown = sorted(set(target_modules) - available)
+    if unknown:
+        raise ParamError(f"params.yaml: train.target_modules: {unknown} not in the model "
+                         f"(its linear layers: {sorted(available)})")
+
+
+def lora_config(cfg: TrainConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+
+
+def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool):
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size * 2,
+        gradient_accumulation_steps=cfg.gradient_accumulation,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        max_length=cfg.max_length,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        # trl turns both on by default; on CPU they cost 45-50% of step time for nothing
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        bf16=cfg.compute_dtype == "bfloat16",  # autocast; on CPU, oneDNN runs bf16 matmuls on AMX where present
+        fp16=cfg.compute_dtype == "float16" and torch.cuda.is_available(),
+        completion_only_loss=True,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=cfg.eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        logging_steps=cfg.logging_steps,
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def fingerprint(cfg: TrainConfig, train_file: Path, base_dir: Path) -> str:
+    """What a checkpoint was trained from: params (minus those that don't change the result), data, base."""
+    import dataclasses
+
+    params = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("threads", "logging_steps", "launcher", "save_steps")}
+    h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    h.update(hashlib.sha256(train_file.read_bytes()).digest())
+    for path in sorted(base_dir.glob("*.json")) + sorted(base_dir.glob("*.safetensors")):
+        with path.open("rb") as f:  # contents, not mtimes: a rerun of prepare_base that gives the same model resumes
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def prepare_checkpoints(checkpoint_dir: Path, run_id: str) -> Path | None:
+    """The checkpoint to resume from, if the folder holds one of this exact run; else it is emptied."""
+    marker = checkpoint_dir / "run.json"
+    previous = json.loads(marker.read_text())["run_id"] if marker.exists() else None
+    checkpoints = sorted(checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if checkpoint_dir.exists() else []
+    if previous == run_id and checkpoints:
+        print(f"train: resuming from {checkpoints[-1]} (same params, data and base)")
+        return checkpoints[-1]
+    if checkpoints:
+        print(f"train: params, data or base changed since {checkpoints[-1]}: starting over")
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    checkpoint_dir.mkdir(parents=True)
+    marker.write_text(json.dumps({"run_id": run_id}) + "\n")
+    return None
+
+
+def make_live_callback(live_dir: Path, resume: bool):
+    """dvclive logging of loss, eval loss, token accuracy, learning rate and tokens/s."""
+    from dvclive import Live
+    from transformers import TrainerCallback
+
+    class LiveCallback(TrainerCallback):
+        def __init__(self):
+            self.live = Live(dir=str(live_dir), resume=resume, dvcyaml=False, save_dvc_exp=False, report=None)
+            self.last = None  # (time, tokens seen)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            now = time.perf_counter()
+            self.live.step = state.global_step  # the trainer's step, also after a resume
+            names = {"loss": "loss", "eval_loss": "eval_loss", "mean_token_accuracy": "token_accuracy",
+                     "eval_mean_token_accuracy": "eval_token_accuracy", "learning_rate": "learning_rate"}
+            logged = False
+            for key, name in names.items():
+                if key in logs:
+                    self.live.log_metric(name, float(logs[key]))
+                    logged = True
+            if "num_tokens" in logs and "loss" in logs:
+                if self.last is not None and now > self.last[0]:
+                    self.live.log_metric("tokens_per_second", (logs["num_tokens"] - self.last[1]) / (now - self.last[0]))
+                self.last = (now, logs["num_tokens"])
+            if logged:
+                self.live.make_summary()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.live.end()
+
+    return LiveCallback()
+
+
+def train(cfg: TrainConfig, base_dir: Path = BASE_DIR, train_file: Path = TRAIN_FILE,
+          validation_file: Path | None = VALIDATION_FILE, adapter_dir: Path = ADAPTER_DIR,
+          checkpoint_dir: Path = CHECKPOINT_DIR, live_dir: Path | None = LIVE_DIR, callbacks=()) -> dict:
+    """Train and save the adapter; returns a summary (steps, losses, time, throughput, memory)."""
+    from transformers import AutoTokenizer
+    from trl import SFTTrainer
+
+    for path, what in ((base_dir / "config.json", "base model (run prepare_base)"), (train_file, "training data (run synthesize)")):
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing {what}")
+    torch.set_num_threads(cfg.threads)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    train_rows = read_jsonl(train_file)
+    eval_rows = read_jsonl(validation_file)[: cfg.eval_examples] if validation_file and validation_file.exists() else []
+    model = load_training_model(base_dir, cfg)
+    resume = prepare_checkpoints(checkpoint_dir, fingerprint(cfg, train_file, base_dir))
+    start_step = int(resume.name.split("-")[1]) if resume else 0
+    all_callbacks = list(callbacks) + ([make_live_callback(live_dir, bool(resume))] if live_dir else [])
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(cfg, checkpoint_dir, bool(eval_rows)),
+        train_dataset=to_prompt_completion(train_rows),
+        eval_dataset=to_prompt_completion(eval_rows) if eval_rows else None,
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg),
+        callbacks=all_callbacks,
+    )
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.perf_counter() - start
+    if trainer.is_world_process_zero():
+        with atomic_dir(adapter_dir) as tmp:
+            trainer.model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    history = trainer.state.log_history
+    losses = [h["loss"] for h in history if "loss" in h]
+    eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
+    tokens = max((h.get("num_tokens", 0) for h in history), default=0)
+    steps_run = trainer.state.global_step - start_step
+    return {
+        "steps": trainer.state.global_step,
+        "steps_this_run": steps_run,
+        "resumed": bool(resume),
+        "train_seconds": round(seconds, 1),
+        "seconds_per_step": round(seconds / max(1, steps_run), 3),
+        "tokens_per_second": round(result.metrics.get("train_tokens_per_second", 0) or (tokens / seconds if seconds else 0), 1),
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "final_eval_loss": eval_losses[-1] if eval_losses else None,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "threads": torch.get_num_threads(),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_vram_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        "quantization": cfg.quantization,
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+    }
+
+
+def relaunch_with_accelerate() -> int:
+    """train.launcher=accelerate: rerun this module under `accelerate launch` (its config decides GPUs/nodes)."""
+    env = {**os.environ, "ECOMMERCE_SLM_LAUNCHED": "1"}
+    return subprocess.call([sys.executable, "-m", "accelerate.commands.launch", "-m", "stages.train"], env=env)
+
+
+def main() -> int:
+    try:
+        cfg = TrainConfig.load()
+        if cfg.launcher == "accelerate" and not os.environ.get("ECOMMERCE_SLM_LAUNCHED"):
+            return relaunch_with_accelerate()
+        summary = train(cfg)
+    except (ParamError, FileNotFoundError) as err:
+        print(f"train: error: {err}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_json(METRICS_FILE, summary)
+        print(f"train: {summary['steps']} steps, loss {summary['first_loss']} -> {summary['final_loss']}, "
+              f"{summary['seconds_per_step']} s/step, {summary['tokens_per_second']} tokens/s -> {ADAPTER_DIR}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Training on a tiny random Llama with SmolLM2's real tokenizer: loss, masking, resume, bad params."""
+
+import json
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from stages.config import ParamError, TrainConfig
+from stages.train import to_prompt_completion, train
+
+ROWS = [
+    {"text": f"please add {n} {item}", "action": "add", "product": product, "quantity": n}
+    for n in range(1, 9) for item, product in (("shampoos", "Shampoo"), ("lip balms", "Lip Balm"))
+] + [
+    {"text": f"remove {n} {item}", "action": "remove", "product": product, "quantity": n}
+    for n in range(1, 9) for item, product in (("socks", "Socks"), ("umbrellas", "Umbrella"))
+]
+
+
+@pytest.fixture
+def train_file(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return path
+
+
+def tiny_cfg(**overrides):
+    values = dict(quantization="none", lora_r=8, lora_alpha=16, lora_dropout=0.0, max_steps=12, batch_size=8,
+                  learning_rate=3e-3, warmup_ratio=0.0, scheduler="constant", save_steps=5, eval_steps=100,
+                  logging_steps=1, max_length=128, threads=2)
+    return TrainConfig(**{**values, **overrides})
+
+
+def run(tiny_model_dir, train_file, tmp_path, cfg, callbacks=()):
+    return train(cfg, base_dir=tiny_model_dir, train_file=train_file, validation_file=None,
+                 adapter_dir=tmp_path / "adapter", checkpoint_dir=tmp_path / "ckpt", live_dir=tmp_path / "live",
+                 callbacks=callbacks)
+
+
+class LossRecorder(TrainerCallback):
+    def __init__(self):
+        self.losses = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append(logs["loss"])
+
+
+@pytest.mark.parametrize("quantization", ["none", "nf4"])
+def test_a_few_steps_give_finite_falling_loss(tiny_model_dir, train_file, tmp_path, quantization):
+    recorder = LossRecorder()
+    summary = run(tiny_model_dir, train_file, tmp_path, tiny_cfg(quantization=quantization), [recorder])
+    losses = recorder.losses
+    assert len(losses) == 12 and all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    assert summary["steps"] == 12 and summary["trainable_parameters"] > 0
+    live = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    assert {"loss", "learning_rate", "token_accuracy"} <= set(live)
+
+
+def test_loss_covers_only_the_completion(tiny_model_dir, train_file, tmp_path, real_tokenizer):
+    """The prompt's labels are -100: only the JSON answer (and its end-of-turn token) is learned."""
+    from transformers import AutoModelForCausalLM
+    from trl import SFTTrainer
+
+    from stages.train import lora_config, sft_config
+
+    cfg = tiny_cfg()
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                         args=sft_config(cfg, tmp_path / "out", has_eval=False),
+                         train_dataset=to_prompt_completion(ROWS[:4]), processing_class=real_tokenizer,
+                         peft_config=lora_config(cfg))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    for i, row in enumerate(ROWS[:4]):
+        labels = batch["labels"][i]
+        learned = real_tokenizer.decode(labels[labels != -100])
+        expected = json.dumps({"action": row["action"], "product": row["product"], "quantity": row["quantity"]})
+        assert learned.startswith(expected)
+        assert learned[len(expected):].strip() in ("<|im_end|>", "")
+        prompt_len = int((labels == -100).sum())
+        assert prompt_len > 10  # system + user turns are masked
+        assert row["text"] not in learned
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt  # what a killed run looks like to the trainer
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(tiny_model_dir, train_file, tmp_path, capsys):
+    cfg = tiny_cfg(max_steps=10, save_steps=5)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_model_dir, train_file, tmp_path, cfg, [StopAt(7)])
+    assert (tmp_path / "ckpt" / "checkpoint-5").exists()
+    assert not (tmp_path / "adapter").exists()  # no half-written adapter
+    summary = run(tiny_model_dir, train_file, tmp_path, cfg)
+    assert "resuming from" in capsys.readouterr().out
+    assert summary["resumed"] and summary["steps"] == 10 and summary["steps_this_run"] == 5
+    # changed params: start over, and say so
+    summary = run(tiny_model_dir, train_file, tmp_path, tiny_cfg(max_steps=10, save_steps=5, learning_rate=1e-3))
+    assert "starting over" in capsys.readouterr().out
+    assert not summary["resumed"] and summary["steps_this_run"] == 10
+
+
+def test_unknown_target_module(tiny_model_dir, train_file, tmp_path):
+    with pytest.raises(ParamError, match=r"train.target_modules: \['qkv_proj'\] not in the model"):
+        run(tiny_model_dir, train_file, tmp_path, tiny_cfg(target_modules=["q_proj", "qkv_proj"]))
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [({"lora_r": 0}, "train.lora_r: expected a positive integer"),
+     ({"quantization": "int3"}, "train.quantization: expected nf4 or none"),
+     ({"learning_rate": 0}, "train.learning_rate: expected a number in (0, 1)"),
+     ({"launcher": "slurm"}, "train.launcher: expected python or accelerate")],
+)
+def test_bad_train_params(values, message):
+    with pytest.raises(ParamError) as err:
+        TrainConfig.from_dict(values)
+    assert message in str(err.value)
+
+
+def test_missing_data_file(tiny_model_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing training data"):
+        run(tiny_model_dir, tmp_path / "none.jsonl", tmp_path, tiny_cfg())
