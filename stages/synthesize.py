@@ -20,7 +20,8 @@ from stages.noise import NOISE_TYPES, NoiseVocab
 from stages.task import ACTIONS, InvalidRow, validate_row
 
 OUTPUTS = {"train": Path("data/train.jsonl"), "validation": Path("data/validation.jsonl"), "eval": Path("data/eval.jsonl")}
-STATS = Path("metrics/data.json")
+STATS = Path("metrics/data.json")  # compact, so `dvc exp show` stays readable
+DETAILS = Path("metrics/data_details.json")  # counts per split, language, action and product
 
 
 class DataError(ValueError):
@@ -123,6 +124,8 @@ def dataset_stats(splits: dict[str, list[dict]], counts: dict, eval_counts: dict
         "actions": {name: dict(sorted(Counter(r["action"] for r in rows).items())) for name, rows in splits.items()},
         "products": dict(sorted(Counter(r["product"] for r in train).items())),
         "n_products": len({r["product"] for r in train}),
+        "product_rows_min": min(Counter(r["product"] for r in train).values(), default=0),
+        "product_rows_max": max(Counter(r["product"] for r in train).values(), default=0),
         "quantity": {
             "share_1_to_3": share(train, lambda r: r["quantity"] <= 3),
             "max": max(quantities, default=0),
@@ -144,6 +147,14 @@ def dataset_stats(splits: dict[str, list[dict]], counts: dict, eval_counts: dict
     }
 
 
+def summary(stats: dict) -> dict:
+    """The stats without the per-split and per-product breakdowns."""
+    compact = {k: v for k, v in stats.items() if k not in ("languages", "actions", "products", "dropped_examples")}
+    compact["languages"] = stats["languages"]["train"]
+    compact["actions"] = stats["actions"]["train"]
+    return compact
+
+
 def main() -> int:
     try:
         cfg = DataConfig.load()
@@ -154,7 +165,8 @@ def main() -> int:
         return 1
     for name, path in OUTPUTS.items():
         write_jsonl(path, splits[name])
-    write_json(STATS, stats)
+    write_json(DETAILS, stats)
+    write_json(STATS, summary(stats))
     print(f"synthesize: {stats['rows']} rows, languages {stats['languages']['train']}, "
           f"duplicate rate {stats['duplicate_rate']}, held-out template share {stats['heldout']['heldout_share']}")
     return 0

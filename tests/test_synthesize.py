@@ -193,3 +193,12 @@ def test_datasets_folder_source(tmp_path, catalog):
 def test_missing_source_file(tmp_path, catalog):
     with pytest.raises(DataError, match="data file not found"):
         load_rows(str(tmp_path / "none.jsonl"), catalog, "error")
+
+
+def test_metrics_summary_stays_compact(default_data):
+    from stages.synthesize import summary
+
+    compact = summary(default_data[1])
+    assert "products" not in compact and compact["n_products"] >= 60
+    assert compact["languages"] == {"en": 900, "es": 900, "hr": 900}
+    assert set(compact["noise_rates"]) == set(NOISE_TYPES)
