@@ -229,7 +229,7 @@ class TrainConfig(Section):
     max_steps: int = 140  # > 0 overrides epochs
     batch_size: int = 8
     gradient_accumulation: int = 1
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     scheduler: str = "cosine"
     warmup_ratio: float = 0.05
     max_length: int = 256
