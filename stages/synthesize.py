@@ -69,9 +69,8 @@ def synthesize(cfg: DataConfig, catalog: Catalog, templates: dict | None = None,
     if cfg.backend == "offline":
         def write(spec, rng):
             return render_offline(spec, catalog, templates, rates, vocab, rng)
-        writer = None
     else:
-        writer = write = MetapromptWriter(cfg.metaprompt, catalog, templates, rates, vocab, client=client)
+        write = MetapromptWriter(cfg.metaprompt, catalog, templates, rates, vocab, client=client)
     train_styles, heldout_styles = style_split(cfg, templates)
 
     stats: dict = {"backend": cfg.backend if not cfg.source else "source", "dropped_rows": 0}
@@ -97,8 +96,8 @@ def synthesize(cfg: DataConfig, catalog: Catalog, templates: dict | None = None,
         splits["eval"], eval_counts = generate_rows(plan_specs(cfg, catalog, heldout_styles, rng), write, cfg.n_eval,
                                                     rng, exclude=seen)
     stats.update(dataset_stats(splits, counts, eval_counts, train_styles, heldout_styles))
-    if writer is not None:
-        stats["metaprompt"] = writer.stats()
+    if isinstance(write, MetapromptWriter):
+        stats["metaprompt"] = write.stats()
     return splits, stats
 
 
