@@ -13,8 +13,12 @@ LLAMA_CPP_VERSION := 0.3.36
 # (llama.cpp issue #20824). GPU users: LLAMA_CMAKE_ARGS="-DGGML_CUDA=on"
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 STAMP := $(VENV)/.installed
+# llama.cpp's own convert_hf_to_gguf.py (+ gguf-py) from the sdist of the llama-cpp-python we build
+CONVERTER_DIR := $(VENV)/share/llama.cpp-$(LLAMA_CPP_VERSION)
+SDIST := $(VENV)/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
+VENDOR := llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp
 
-.PHONY: install run test clean-venv
+.PHONY: install run test prune clean-venv
 
 install: $(STAMP)
 
@@ -22,14 +26,24 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	if [ -n "$(TORCH_SPEC)" ]; then $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"; fi
-	# llama-cpp-python compiles (5-10 min on 2 cores); --no-cache-dir because pip's wheel cache ignores CMAKE_ARGS
+	# every later install keeps that torch (gptqmodel and friends would otherwise pull a CUDA build)
+	echo "$(TORCH_SPEC)" > $(VENV)/constraints.txt
+	test -f $(SDIST) || $(BIN)/python -m pip download --quiet --no-deps --no-binary :all: -d $(VENV)/sdist "llama-cpp-python==$(LLAMA_CPP_VERSION)"
+	# llama-cpp-python compiles from that sdist (5-10 min on 2 cores); --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS
 	$(BIN)/python -c "import importlib.metadata as m; assert m.version('llama_cpp_python') == '$(LLAMA_CPP_VERSION)'" 2>/dev/null \
-	  || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet --no-cache-dir "llama-cpp-python==$(LLAMA_CPP_VERSION)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	  || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" PIP_CONSTRAINT=$(VENV)/constraints.txt $(BIN)/python -m pip install --quiet --no-cache-dir "$(SDIST)"
+	rm -rf $(CONVERTER_DIR) $(CONVERTER_DIR).tmp && mkdir -p $(CONVERTER_DIR).tmp
+	tar -xzf $(SDIST) -C $(CONVERTER_DIR).tmp --strip-components=3 $(VENDOR)/convert_hf_to_gguf.py $(VENDOR)/conversion $(VENDOR)/gguf-py $(VENDOR)/LICENSE
+	mv $(CONVERTER_DIR).tmp $(CONVERTER_DIR)
+	PIP_CONSTRAINT=$(VENV)/constraints.txt $(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-run: install
+run: install prune
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+# drop lock entries and outputs of stages removed from dvc.yaml (e.g. a level taken out of gguf.levels)
+prune: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m stages.prune
 
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest

@@ -282,3 +282,110 @@ class MergeConfig(Section):
         if self.tolerance != "auto":
             return float(self.tolerance)
         return 1e-4 if dtype_name == "float32" else 3e-2
+
+
+@dataclass
+class GptqConfig(Section):
+    """`gptq:` 4-bit GPTQ of the merged model with gptqmodel, calibrated on training requests (paper: 300)."""
+
+    SECTION: ClassVar[str] = "gptq"
+    bits: int = 4
+    # must divide every linear layer's input width: SmolLM2-135M is 576 wide, so 128 is rejected; 64 works
+    group_size: int = 64
+    desc_act: bool = False
+    sym: bool = True
+    damp_percent: float = 0.05
+    calibration_samples: int = 300  # drawn with `seed` from the training split, prompt + answer
+    seed: int = 42
+    device: str = "auto"  # auto: cuda when present, else cpu | cpu | cuda
+    threads: int = 2
+
+    def __post_init__(self):
+        check(self.bits in (2, 3, 4, 8), "bits", "2, 3, 4 or 8", self.bits)
+        check(self.group_size == -1 or is_pos_int(self.group_size), "group_size", "a positive integer, or -1 for one group per row", self.group_size)
+        for name in ("desc_act", "sym"):
+            check(isinstance(getattr(self, name), bool), name, "true or false", getattr(self, name))
+        check(isinstance(self.damp_percent, float) and 0 < self.damp_percent < 1, "damp_percent", "a number in (0, 1)", self.damp_percent)
+        check(is_pos_int(self.calibration_samples), "calibration_samples", "a positive integer", self.calibration_samples)
+        check(isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed", "an integer", self.seed)
+        check(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda", self.device)
+        check(is_pos_int(self.threads), "threads", "a positive integer", self.threads)
+
+
+# llama.cpp quant types that llama_model_quantize writes (names of its LLAMA_FTYPE_MOSTLY_* constants)
+GGUF_LEVELS = ("Q2_K", "Q2_K_S", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_0", "Q4_1", "Q4_K_S", "Q4_K_M", "Q5_0", "Q5_1",
+               "Q5_K_S", "Q5_K_M", "Q6_K", "Q8_0", "IQ4_NL", "IQ4_XS")
+
+
+@dataclass
+class GgufConfig(Section):
+    """`gguf:` the merged model converted to GGUF F16 by llama.cpp's converter, then one file per level."""
+
+    SECTION: ClassVar[str] = "gguf"
+    levels: list = field(default_factory=lambda: ["Q3_K_M", "Q4_K_M", "Q5_K_M", "Q8_0"])
+    threads: int = 2
+
+    def __post_init__(self):
+        check(isinstance(self.levels, list) and len(self.levels) > 0, "levels", "a non-empty list of llama.cpp quant types", self.levels)
+        for i, level in enumerate(self.levels):
+            check(level in GGUF_LEVELS, f"levels[{i}]", f"one of {', '.join(GGUF_LEVELS)}", level)
+        check(len(set(self.levels)) == len(self.levels), "levels", "no level listed twice", self.levels)
+        check(is_pos_int(self.threads), "threads", "a positive integer", self.threads)
+
+
+DECODING_MODES = ("free", "json_schema")
+
+
+@dataclass
+class EvalConfig(Section):
+    """`eval:` exact-match accuracy of every variant on the eval split, free and schema-constrained."""
+
+    SECTION: ClassVar[str] = "eval"
+    decoding: list = field(default_factory=lambda: list(DECODING_MODES))  # each mode is measured and reported
+    # json_schema decoding restricts product to this catalog's names; "" allows any string
+    catalog: str = "stages/resources/catalog.yaml"
+    max_new_tokens: int = 48
+    batch_size: int = 16  # transformers generates this many requests at once; llama.cpp one by one
+    threads: int = 2
+    limit: int = 0  # evaluate only the first N rows; 0: all
+    few_shot: int = 6  # worked examples in the prompt of the untuned base and the API baselines
+    few_shot_seed: int = 7
+    kl_examples: int = 32  # eval requests (prompt + true answer) on which KL from the merged model is measured
+
+    def __post_init__(self):
+        check(isinstance(self.decoding, list) and len(self.decoding) > 0 and all(m in DECODING_MODES for m in self.decoding)
+              and len(set(self.decoding)) == len(self.decoding), "decoding", f"a list of modes from {list(DECODING_MODES)}", self.decoding)
+        check(isinstance(self.catalog, str), "catalog", "a catalog file path or empty", self.catalog)
+        for name in ("max_new_tokens", "batch_size", "threads", "few_shot"):
+            check(is_pos_int(getattr(self, name)), name, "a positive integer", getattr(self, name))
+        for name in ("limit", "kl_examples"):
+            check(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, name, "an integer >= 0", getattr(self, name))
+        check(isinstance(self.few_shot_seed, int), "few_shot_seed", "an integer", self.few_shot_seed)
+
+
+@dataclass
+class EvalApiConfig(Section):
+    """`eval_api:` few-shot baselines through any OpenAI-compatible endpoint (the paper: GPT-4.1 family).
+
+    Without the key in `api_key_env`, each baseline is skipped with the reason in its metrics, never
+    failed. After setting the key: `dvc repro -f -s eval_api` (DVC cannot see environment variables).
+    """
+
+    SECTION: ClassVar[str] = "eval_api"
+    models: list = field(default_factory=lambda: ["gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano"])
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_seconds: float = 60.0
+    max_attempts: int = 4
+    # how json_schema decoding is asked for: json_schema (OpenAI structured outputs) or
+    # json_object (a "schema" inside response_format: llama-cpp-python's server and others)
+    schema_format: str = "json_schema"
+
+    def __post_init__(self):
+        check(self.schema_format in ("json_schema", "json_object"), "schema_format", "json_schema or json_object", self.schema_format)
+        check(isinstance(self.models, list) and all(isinstance(m, str) and m.strip() for m in self.models),
+              "models", "a list of model names", self.models)
+        check(isinstance(self.base_url, str) and self.base_url.startswith(("http://", "https://")), "base_url", "an http(s) URL", self.base_url)
+        check(isinstance(self.api_key_env, str) and bool(self.api_key_env), "api_key_env", "an environment variable name", self.api_key_env)
+        check(isinstance(self.timeout_seconds, (int, float)) and self.timeout_seconds > 0, "timeout_seconds", "a number > 0", self.timeout_seconds)
+        check(is_pos_int(self.max_attempts), "max_attempts", "a positive integer", self.max_attempts)

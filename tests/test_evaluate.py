@@ -1,24 +1,91 @@
+"""The evaluate CLI and stage on tiny models, few-shot prompts, KL, and the API baseline paths."""
+
 import json
 
-from stages.evaluate import main
+import pytest
+import torch
 
-from conftest import ROOT
+from stages.config import EvalApiConfig, EvalConfig
+from stages.evaluate import evaluate, kl_sequences, load_rows, main, mean_kl, pick_few_shot, EvalError
+from stages.engines import TransformersEngine
+from stages.variants import Variant, resolve
+
+ROWS = [{"text": "add 2 shampoos", "action": "add", "product": "Shampoo", "quantity": 2, "language": "en"},
+        {"text": "makni ruksak", "action": "remove", "product": "Backpack", "quantity": 1}]
 
 
-def test_cli_writes_metrics_and_errors(tiny_model_dir, tmp_path):
-    data = tmp_path / "mine.jsonl"
-    rows = [{"text": "add 2 shampoos", "action": "add", "product": "Shampoo", "quantity": 2, "language": "en"},
-            {"text": "makni ruksak", "action": "remove", "product": "Backpack", "quantity": 1}]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+def write_rows(path, rows=ROWS):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_cli_writes_metrics_details_and_errors(tiny_model_dir, tmp_path):
     out = tmp_path / "metrics" / "mine.json"
-    assert main(["--model", str(tiny_model_dir), "--data", str(data), "--out", str(out)]) == 0
+    assert main(["--model", str(tiny_model_dir), "--data", str(write_rows(tmp_path / "mine.jsonl")), "--out", str(out)]) == 0
     metrics = json.loads(out.read_text())
-    assert metrics["n"] == 2 and metrics["exact_match"] == 0.0  # a random model gets nothing right
-    assert set(metrics["by_language"]) == {"en", "unknown"}
+    assert metrics["n"] == 2 and metrics["free"]["exact_match"] == 0.0  # a random model gets nothing right
+    # constrained decoding makes even a random model's output valid JSON of the answer schema
+    assert metrics["json_schema"]["json_valid"] == 1.0
+    details = json.loads((tmp_path / "metrics" / "mine.details.json").read_text())
+    assert set(details["free"]["by_language"]) == {"en", "unknown"}
     errors = [json.loads(line) for line in (tmp_path / "metrics" / "mine.errors.jsonl").read_text().splitlines()]
-    assert len(errors) == 2 and errors[0]["expected"] == {"action": "add", "product": "Shampoo", "quantity": 2}
+    assert len(errors) == 4 and {e["mode"] for e in errors} == {"free", "json_schema"}
+    assert errors[0]["expected"] == {"action": "add", "product": "Shampoo", "quantity": 2}
+    schema_answers = [e["parsed"] for e in errors if e["mode"] == "json_schema"]
+    assert all(set(a) == {"action", "product", "quantity"} for a in schema_answers)
 
 
 def test_cli_rejects_a_non_model_folder(tmp_path, capsys):
-    assert main(["--model", str(tmp_path), "--data", str(ROOT / "README.md"), "--out", str(tmp_path / "m.json")]) == 1
+    assert main(["--model", str(tmp_path), "--data", str(write_rows(tmp_path / "r.jsonl")), "--out", str(tmp_path / "m.json")]) == 1
     assert "not a model folder" in capsys.readouterr().err
+
+
+def test_bad_row_names_file_line_and_field(tmp_path):
+    bad = write_rows(tmp_path / "bad.jsonl", ROWS + [{"text": "add soap", "action": "buy", "product": "Soap", "quantity": 1}])
+    with pytest.raises(EvalError, match=r"bad.jsonl:3: action: expected one of"):
+        load_rows(bad, None)
+
+
+def test_variant_names():
+    assert resolve("q4_k_m") == Variant("Q4_K_M", "llama_cpp", "models/gguf/Q4_K_M.gguf")
+    assert resolve("base").few_shot and not resolve("merged").few_shot
+    assert resolve("api:gpt-4.1").file_stem == "api-gpt-4.1"
+    with pytest.raises(ValueError, match="unknown variant 'q9'"):
+        resolve("q9")
+
+
+def test_few_shot_covers_languages_and_actions():
+    rows = [{"text": f"{lang} {action} {i}", "language": lang, "action": action, "product": "Soap", "quantity": 1}
+            for lang in ("en", "hr", "es") for action in ("add", "remove") for i in range(5)]
+    picked = pick_few_shot(rows, 6, seed=1)
+    assert {(r["language"], r["action"]) for r in picked} == {(l, a) for l in ("en", "hr", "es") for a in ("add", "remove")}
+    assert picked == pick_few_shot(rows, 6, seed=1)
+
+
+def test_kl_is_zero_against_itself_and_positive_against_another_model(tiny_model_dir, tiny_wide_model_dir):
+    first = TransformersEngine(tiny_model_dir)
+    rows = [dict(r, quantity=r["quantity"]) for r in ROWS]
+    sequences = kl_sequences(rows, first.tokenizer, 2)
+    assert all(0 < start < len(ids) for ids, start in sequences)
+    assert mean_kl(first, first, sequences) == pytest.approx(0.0, abs=1e-6)
+    assert mean_kl(first, TransformersEngine(tiny_wide_model_dir), sequences) > 0.01
+
+
+def test_api_baseline_is_skipped_without_a_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    out = tmp_path / "api.json"
+    assert main(["--variant", "api:gpt-4.1-nano", "--data", str(write_rows(tmp_path / "r.jsonl")), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["skipped"] == "OPENAI_API_KEY is not set"
+
+
+@pytest.mark.slow
+def test_api_baseline_against_local_server(local_server, monkeypatch):
+    """Any OpenAI-compatible endpoint works: llama-cpp-python's server with the embedded SmolLM2."""
+    monkeypatch.setenv("LOCAL_KEY", "not-needed")
+    api = EvalApiConfig(base_url=local_server, api_key_env="LOCAL_KEY", max_attempts=2, schema_format="json_object")
+    examples = [{"text": "add a soap", "action": "add", "product": "Soap", "quantity": 1, "language": "en"}]
+    metrics, _, errors = evaluate(Variant("api:smollm2", "api", "smollm2", few_shot=True), ROWS[:1],
+                                  EvalConfig(decoding=["free", "json_schema"], max_new_tokens=32), examples, None, api)
+    assert metrics["n"] == 1 and metrics["kl_from_merged"] is None and "API" in metrics["kl_note"]
+    assert metrics["json_schema"]["json_valid"] == 1.0  # the server enforced the schema
+    assert all(e["raw"] is not None for e in errors)

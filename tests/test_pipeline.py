@@ -6,7 +6,7 @@ import yaml
 
 from conftest import ROOT, run_cli
 
-EXPECTED_STAGES = {"prepare_base", "synthesize", "train", "merge"}
+EXPECTED_STAGES = {"prepare_base", "synthesize", "train", "merge", "quantize_gptq", "convert_gguf", "quantize_gguf", "eval", "eval_gguf", "eval_api"}
 
 
 def test_dag_is_valid_and_has_the_stages():
@@ -21,7 +21,8 @@ def test_repro_dry_run_succeeds():
     result = run_cli(["dvc", "repro", "--dry", "--force"])
     assert "ERROR" not in result.stderr
     for stage in EXPECTED_STAGES:
-        assert f"Running stage '{stage}'" in result.stdout
+        assert f"Running stage '{stage}" in result.stdout  # matrix stages: 'eval@merged', ...
+    assert "Running stage 'quantize_gguf@Q4_K_M'" in result.stdout
 
 
 def test_status_runs():
@@ -35,6 +36,9 @@ def test_each_stage_declares_the_params_section_it_reads():
     assert stages["synthesize"]["params"] == ["data"]
     assert stages["train"]["params"] == ["train"]
     assert stages["merge"]["params"] == ["merge"]
+    assert stages["quantize_gptq"]["params"] == ["gptq"]
+    assert stages["quantize_gguf"]["params"] == ["gguf.threads"]  # not gguf.levels: adding a level reruns only it
+    assert stages["eval"]["do"]["params"] == ["eval"]
     # quantization params (later stages) must never retrain: train depends on its own section only
     assert "models/checkpoints/train" in str(stages["train"]["outs"])
 

@@ -1,0 +1,51 @@
+"""Every model variant the project measures, by name: where it lives and which engine runs it.
+
+    base     models/base            the untuned base, prompted few-shot (the paper's baseline)
+    merged   models/merged          base + adapter, full precision
+    gptq     models/gptq            GPTQ 4-bit (gptqmodel)
+    F16      models/gguf/F16.gguf   llama.cpp, unquantized
+    Q4_K_M   models/gguf/Q4_K_M.gguf, and every other level in gguf.levels
+    api:NAME                        a model behind an OpenAI-compatible endpoint, prompted few-shot
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from stages.config import GGUF_LEVELS
+
+FOLDER_VARIANTS = {"base": Path("models/base"), "merged": Path("models/merged"), "gptq": Path("models/gptq")}
+GGUF_DIR = Path("models/gguf")
+REFERENCE = "merged"  # what KL divergence is measured from
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    engine: str  # transformers | llama_cpp | api
+    location: str  # model folder, .gguf file, or API model name
+    few_shot: bool = False  # never trained on the task: worked examples go in its prompt
+
+    @property
+    def file_stem(self) -> str:
+        """File-name-safe name for its metrics files."""
+        return self.name.replace(":", "-").replace("/", "-")
+
+
+def resolve(name: str) -> Variant:
+    """A variant by name (case-insensitive for GGUF levels); raises ValueError naming the known ones."""
+    if name in FOLDER_VARIANTS:
+        return Variant(name, "transformers", str(FOLDER_VARIANTS[name]), few_shot=name == "base")
+    if name.upper() == "F16" or name.upper() in GGUF_LEVELS:
+        return Variant(name.upper(), "llama_cpp", str(GGUF_DIR / f"{name.upper()}.gguf"))
+    if name.startswith("api:") and len(name) > 4:
+        return Variant(name, "api", name[4:], few_shot=True)
+    raise ValueError(f"unknown variant {name!r}: expected one of {', '.join(FOLDER_VARIANTS)}, F16, a GGUF level "
+                     f"({', '.join(GGUF_LEVELS)}) or api:MODEL")
+
+
+def from_path(path: str) -> Variant:
+    """Any model folder or .gguf file, evaluated as a trained variant (zero-shot prompt)."""
+    engine = "llama_cpp" if path.endswith(".gguf") else "transformers"
+    return Variant(Path(path).name.removesuffix(".gguf"), engine, path)

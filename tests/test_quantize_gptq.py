@@ -1,0 +1,72 @@
+"""quantize_gptq on a tiny random Llama (256 wide: group size 64 divides every layer)."""
+
+import json
+
+import pytest
+import torch
+
+from stages.config import GptqConfig, ParamError
+from stages.files import write_jsonl
+from stages.quantize_gptq import GptqError, calibration_texts, check_group_size, load_gptq, quantize
+
+SMOLLM2_135M = {"hidden_size": 576, "num_attention_heads": 9, "head_dim": 64, "intermediate_size": 1536}
+
+
+def test_group_size_must_divide_every_layer_width():
+    check_group_size(64, SMOLLM2_135M, "config.json")
+    check_group_size(-1, SMOLLM2_135M, "config.json")
+    with pytest.raises(ParamError, match=r"gptq.group_size: 128 does not divide .*576.* such as 64"):
+        check_group_size(128, SMOLLM2_135M, "models/merged/config.json")
+
+
+def test_bad_gptq_params():
+    with pytest.raises(ParamError, match="gptq.bits: expected 2, 3, 4 or 8"):
+        GptqConfig.from_dict({"bits": 5})
+    with pytest.raises(ParamError, match="gptq.calibration_samples: expected a positive integer"):
+        GptqConfig.from_dict({"calibration_samples": 0})
+
+
+def test_calibration_is_seeded_and_holds_prompt_and_answer(real_tokenizer):
+    rows = [{"text": f"add {i} soaps", "action": "add", "product": "Soap", "quantity": i} for i in range(1, 30)]
+    first = calibration_texts(rows, real_tokenizer, 5, seed=1)
+    assert first == calibration_texts(rows, real_tokenizer, 5, seed=1) != calibration_texts(rows, real_tokenizer, 5, seed=2)
+    assert '"action": "add"' in first[0] and "soaps" in first[0]
+    with pytest.raises(GptqError, match="training split has 29 rows"):
+        calibration_texts(rows, real_tokenizer, 30, seed=1)
+
+
+@pytest.mark.slow
+def test_checkpoint_reloads_as_gptq_close_to_full_precision(tiny_wide_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    train = tmp_path / "train.jsonl"
+    write_jsonl(train, [{"text": f"please add {i} bars of soap", "action": "add", "product": "Soap", "quantity": i}
+                        for i in range(1, 41)])
+    info = quantize(GptqConfig(calibration_samples=32, device="cpu"), tiny_wide_model_dir, train, tmp_path / "gptq")
+    assert info["bits"] == 4 and info["group_size"] == 64 and info["quantize_seconds"] > 0
+    saved = json.loads((tmp_path / "gptq" / "config.json").read_text())["quantization_config"]
+    assert saved["bits"] == 4 and saved["group_size"] == 64 and saved.get("checkpoint_format", "gptq") == "gptq"
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_wide_model_dir)
+    batch = tokenizer(["please add 3 bars of soap to my cart"], return_tensors="pt")
+    full = AutoModelForCausalLM.from_pretrained(tiny_wide_model_dir).eval()
+    reloaded = load_gptq(tmp_path / "gptq")
+    assert type(reloaded.model.layers[0].mlp.down_proj).__name__ != "Linear"  # a GPTQ kernel, not a float layer
+    # The same tensors read as plain float weights (the quantize config ignored) are noise: packed
+    # int32 qweight never reaches the layers, so the test can tell a real GPTQ load from a broken one.
+    plain_config = LlamaConfig.from_pretrained(tmp_path / "gptq")
+    del plain_config.quantization_config
+    broken = LlamaForCausalLM.from_pretrained(tmp_path / "gptq", config=plain_config).eval()
+    with torch.no_grad():
+        expected, ours, theirs = (m(**batch).logits for m in (full, reloaded, broken))
+    def relative_error(logits):
+        return ((logits.float() - expected).abs().mean() / expected.abs().mean()).item()
+
+    # 4 bits on random Gaussian weights lose more than on trained ones; noise loses everything
+    assert relative_error(ours) < 0.3, relative_error(ours)
+    assert relative_error(theirs) > 3 * relative_error(ours), (relative_error(theirs), relative_error(ours))
+
+
+def test_missing_merged_model(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run merge"):
+        quantize(GptqConfig(), tmp_path, tmp_path / "train.jsonl", tmp_path / "out")
