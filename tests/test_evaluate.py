@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from stages.config import EvalApiConfig, EvalConfig
 from stages.evaluate import evaluate, kl_sequences, load_rows, main, mean_kl, pick_few_shot, EvalError
@@ -64,8 +63,7 @@ def test_few_shot_covers_languages_and_actions():
 
 def test_kl_is_zero_against_itself_and_positive_against_another_model(tiny_model_dir, tiny_wide_model_dir):
     first = TransformersEngine(tiny_model_dir)
-    rows = [dict(r, quantity=r["quantity"]) for r in ROWS]
-    sequences = kl_sequences(rows, first.tokenizer, 2)
+    sequences = kl_sequences(ROWS, first.tokenizer, 2)
     assert all(0 < start < len(ids) for ids, start in sequences)
     assert mean_kl(first, first, sequences) == pytest.approx(0.0, abs=1e-6)
     assert mean_kl(first, TransformersEngine(tiny_wide_model_dir), sequences) > 0.01
