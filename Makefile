@@ -18,7 +18,7 @@ CONVERTER_DIR := $(VENV)/share/llama.cpp-$(LLAMA_CPP_VERSION)
 SDIST := $(VENV)/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
 VENDOR := llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp
 
-.PHONY: install run test prune clean-venv
+.PHONY: install run test prune plots browser clean-venv
 
 install: $(STAMP)
 
@@ -36,6 +36,8 @@ $(STAMP): pyproject.toml Makefile
 	tar -xzf $(SDIST) -C $(CONVERTER_DIR).tmp --strip-components=3 $(VENDOR)/convert_hf_to_gguf.py $(VENDOR)/conversion $(VENDOR)/gguf-py $(VENDOR)/LICENSE
 	mv $(CONVERTER_DIR).tmp $(CONVERTER_DIR)
 	PIP_CONSTRAINT=$(VENV)/constraints.txt $(BIN)/python -m pip install --quiet -e ".[dev]"
+	# the page `dvc plots show` fills, with vega inlined (.dvc/config: plots.html_template): works offline
+	$(BIN)/python -m stages.plots_page
 	touch $(STAMP)
 
 run: install prune
@@ -44,6 +46,15 @@ run: install prune
 # drop lock entries and outputs of stages removed from dvc.yaml (e.g. a level taken out of gguf.levels)
 prune: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m stages.prune
+
+# the frontiers as DVC draws them (dvc_plots/index.html), checked in headless Chromium with the network off
+plots: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc plots show
+	$(BIN)/python -m stages.browser_check dvc_plots/index.html reports/report.html --minimum 3 --screenshots reports/screens
+
+# Debian's Chromium, for the offline-rendering checks (tests skip them without it)
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest

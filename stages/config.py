@@ -389,3 +389,42 @@ class EvalApiConfig(Section):
         check(isinstance(self.api_key_env, str) and bool(self.api_key_env), "api_key_env", "an environment variable name", self.api_key_env)
         check(isinstance(self.timeout_seconds, (int, float)) and self.timeout_seconds > 0, "timeout_seconds", "a number > 0", self.timeout_seconds)
         check(is_pos_int(self.max_attempts), "max_attempts", "a positive integer", self.max_attempts)
+
+
+@dataclass
+class BenchConfig(Section):
+    """`bench:` speed, memory and energy of each variant, measured the same way for every engine.
+
+    Each repeat is a fresh process: load the model (timed), `warmup` untimed requests, then every prompt
+    is prefilled (prompt tokens/s) and extended by exactly `new_tokens` greedy tokens (generation
+    tokens/s; end-of-sequence ignored so every variant does the same work). Median and spread over repeats.
+    """
+
+    SECTION: ClassVar[str] = "bench"
+    repeats: int = 5
+    warmup: int = 1
+    prompts: int = 4  # the first N eval requests, in the chat format the model was trained on
+    new_tokens: int = 32
+    threads: int = 2
+    device: str = "auto"  # transformers variants: auto (cuda when present) | cpu | cuda; GGUF runs on the CPU build
+
+    def __post_init__(self):
+        for name in ("repeats", "prompts", "new_tokens", "threads"):
+            check(is_pos_int(getattr(self, name)), name, "a positive integer", getattr(self, name))
+        check(isinstance(self.warmup, int) and self.warmup >= 0, "warmup", "an integer >= 0", self.warmup)
+        check(self.new_tokens >= 2, "new_tokens", "at least 2 (the first token comes from the prefill)", self.new_tokens)
+        check(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda", self.device)
+
+
+REPORT_AXES = ("peak_rss_mib", "generation_tokens_per_s", "file_mib")
+
+
+@dataclass
+class ReportConfig(Section):
+    """`report:` the table and the Pareto frontiers (accuracy against memory, speed and size)."""
+
+    SECTION: ClassVar[str] = "report"
+    decoding: str = "free"  # whose exact match the frontiers plot: free | json_schema
+
+    def __post_init__(self):
+        check(self.decoding in DECODING_MODES, "decoding", f"one of {list(DECODING_MODES)}", self.decoding)

@@ -159,7 +159,8 @@ def evaluate(variant: Variant, rows: list[dict], cfg: EvalConfig, examples: list
     elif cfg.kl_examples:
         reference = engine if variant.location == str(reference_dir) else TransformersEngine(reference_dir, cfg.threads)
         sequences = kl_sequences(rows, reference.tokenizer, cfg.kl_examples)
-        metrics["kl_from_merged"] = 0.0 if reference is engine else round(mean_kl(reference, engine, sequences), 5)
+        kl = 0.0 if reference is engine else mean_kl(reference, engine, sequences)
+        metrics["kl_from_merged"] = float(f"{kl:.3g}")  # significant digits, not decimals: KL spans 1e-6 to 1
         metrics["kl_note"] = f"mean over the answer tokens of {len(sequences)} eval requests"
     return metrics, details, errors
 

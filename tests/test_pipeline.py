@@ -6,7 +6,8 @@ import yaml
 
 from conftest import ROOT, run_cli
 
-EXPECTED_STAGES = {"prepare_base", "synthesize", "train", "merge", "quantize_gptq", "convert_gguf", "quantize_gguf", "eval", "eval_gguf", "eval_api"}
+EXPECTED_STAGES = {"prepare_base", "synthesize", "train", "merge", "quantize_gptq", "convert_gguf", "quantize_gguf", "eval",
+                   "eval_gguf", "eval_api", "hardware", "bench", "bench_gguf", "report"}
 
 
 def test_dag_is_valid_and_has_the_stages():
@@ -25,6 +26,23 @@ def test_repro_dry_run_succeeds():
     assert "Running stage 'quantize_gguf@Q4_K_M'" in result.stdout
 
 
+def test_report_is_downstream_of_every_eval_and_bench():
+    out = run_cli(["dvc", "dag", "--outs", "--dot", "report"]).stdout
+    for path in ("metrics/eval/Q4_K_M.json", "metrics/eval/gptq.json", "metrics/bench/merged.json",
+                 "metrics/bench/Q3_K_M.json", "metrics/hardware.json"):
+        assert f'"{path}"' in out, path
+
+
+def test_pareto_plots_use_the_custom_template_and_the_offline_page():
+    dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    plots = {next(iter(p)): next(iter(p.values())) for p in dvc_yaml["plots"]}
+    assert set(plots) == {f"metrics/pareto/{a}.json" for a in ("peak_rss_mib", "generation_tokens_per_s", "file_mib")}
+    assert all(p["template"] == "pareto" and p["y"] == "exact_match" for p in plots.values())
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".dvc" / "config")
+    assert config["plots"]["html_template"] == "offline_page.html"  # relative to .dvc/, written by make install
+
+
 def test_status_runs():
     run_cli(["dvc", "status"])
 
@@ -39,6 +57,8 @@ def test_each_stage_declares_the_params_section_it_reads():
     assert stages["quantize_gptq"]["params"] == ["gptq"]
     assert stages["quantize_gguf"]["params"] == ["gguf.threads"]  # not gguf.levels: adding a level reruns only it
     assert stages["eval"]["do"]["params"] == ["eval"]
+    assert stages["bench"]["do"]["params"] == stages["bench_gguf"]["params"] == ["bench"]
+    assert stages["report"]["params"] == ["report", "gguf.levels"]
     # quantization params (later stages) must never retrain: train depends on its own section only
     assert "models/checkpoints/train" in str(stages["train"]["outs"])
 

@@ -1,0 +1,272 @@
+"""Stage `report`: one table and three Pareto frontiers to choose a variant for this hardware.
+
+Reads metrics/eval/V.json, metrics/bench/V.json and metrics/variants/V.json of every variant
+(merged, gptq, F16 and each of gguf.levels) and writes
+    metrics/summary.json        every number, per variant, with the hardware they were measured on
+    reports/summary.md          the same as a Markdown table (pasted into the README)
+    metrics/pareto/AXIS.json    plot data for `dvc plots` (template .dvc/plots/pareto.json)
+    reports/pareto_AXIS.png     the frontiers as images, drawn from that same template
+    reports/report.html         an interactive page (plotly, with plotly.js inlined: works offline)
+A variant without its eval or bench metrics is an error, and so are bench files from different machines.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from stages.config import GgufConfig, ParamError, ReportConfig
+from stages.files import atomic_write_text, write_json
+from stages.hardware import same_machine
+from stages.pareto import Point, frontier
+
+METRICS = Path("metrics")
+REPORTS = Path("reports")
+TEMPLATE = Path(".dvc/plots/pareto.json")
+FIXED_VARIANTS = ("merged", "gptq", "F16")
+REFERENCES = ("base",)  # accuracy-only rows: the untuned base, and every API baseline found
+CAVEAT = ("The embedded base (SmolLM2-135M-Instruct) ships as a Q4_1 GGUF and is dequantized here: its weights sit "
+          "on a 4-bit grid, so the quantization drift measured on it understates what a bf16-trained model shows.")
+
+
+@dataclass(frozen=True)
+class Axis:
+    name: str  # field in the plot data and summary rows
+    label: str
+    higher_is_better: bool
+
+
+AXES = (Axis("peak_rss_mib", "peak RSS (MiB), lower is better", False),
+        Axis("generation_tokens_per_s", "generation tokens/s, higher is better", True),
+        Axis("file_mib", "model size on disk (MiB), lower is better", False))
+
+
+class ReportError(RuntimeError):
+    pass
+
+
+def read_json(path: Path, needed_by: str) -> dict:
+    if not path.exists():
+        raise ReportError(f"{path}: missing for variant {needed_by}; run `dvc repro` (or the stage that writes it)")
+    return json.loads(path.read_text())
+
+
+def variant_row(name: str, metrics_dir: Path, decoding: str, parameters: int | None) -> dict:
+    """One table row from the eval, bench and variant-file metrics of `name`."""
+    ev = read_json(metrics_dir / "eval" / f"{name}.json", name)
+    bench = read_json(metrics_dir / "bench" / f"{name}.json", name)
+    if "skipped" in ev:
+        raise ReportError(f"{metrics_dir}/eval/{name}.json: eval was skipped ({ev['skipped']})")
+    if decoding not in ev:
+        raise ReportError(f"{metrics_dir}/eval/{name}.json: no '{decoding}' results (report.decoding); it has "
+                          f"{[m for m in ('free', 'json_schema') if m in ev]}")
+    info_file = metrics_dir / "variants" / f"{name}.json"
+    info = json.loads(info_file.read_text()) if info_file.exists() else {}
+    file_bytes = bench["file_mib"] * 2**20
+    bpw = info.get("bits_per_weight") or (round(file_bytes * 8 / parameters, 3) if parameters else None)
+    energy = bench["energy"]["joules_per_generated_token"]
+    return {
+        "variant": name, "engine": bench["engine"], "device": bench["device"],
+        "exact_match": ev[decoding]["exact_match"],
+        "exact_match_free": ev.get("free", {}).get("exact_match"),
+        "exact_match_json_schema": ev.get("json_schema", {}).get("exact_match"),
+        "json_valid_free": ev.get("free", {}).get("json_valid"),
+        "kl_from_merged": ev.get("kl_from_merged"),
+        "file_mib": bench["file_mib"], "bits_per_weight": bpw,
+        "generation_tokens_per_s": bench["generation_tokens_per_s"]["median"],
+        "generation_tokens_per_s_range": [bench["generation_tokens_per_s"]["min"], bench["generation_tokens_per_s"]["max"]],
+        "generation_tokens_per_s_llama_cpp": bench.get("llama_cpp_timings", {}).get("generation_tokens_per_s", {}).get("median"),
+        "fraction_of_bandwidth_bound": bench["fraction_of_bound"],
+        "prompt_tokens_per_s": bench["prompt_tokens_per_s"]["median"],
+        "peak_rss_mib": bench["peak_rss_mib"]["median"],
+        "peak_vram_mib": bench.get("peak_vram_mib", {}).get("median"),
+        "load_seconds": bench["load_seconds"]["median"],
+        "joules_per_token": energy["median"] if energy else None,
+        "energy_note": bench["energy"].get("reason") or bench["energy"].get("note"),
+        "eval_rows": ev["n"], "bench_repeats": bench["repeats"], "threads": bench["threads"],
+        "_hardware": bench["hardware"],
+    }
+
+
+def reference_rows(metrics_dir: Path, decoding: str) -> list[dict]:
+    """Accuracy-only rows: the untuned base and any API baseline, skipped ones with their reason."""
+    files = [metrics_dir / "eval" / f"{n}.json" for n in REFERENCES] + sorted((metrics_dir / "eval").glob("api-*.json"))
+    rows = []
+    for f in files:
+        if not f.exists() or f.name.endswith(".details.json"):
+            continue
+        ev = json.loads(f.read_text())
+        if "skipped" in ev:
+            rows.append({"variant": ev["variant"], "skipped": ev["skipped"]})
+        else:
+            rows.append({"variant": ev["variant"], "exact_match": ev[decoding]["exact_match"],
+                         "exact_match_free": ev.get("free", {}).get("exact_match"),
+                         "exact_match_json_schema": ev.get("json_schema", {}).get("exact_match"),
+                         "json_valid_free": ev.get("free", {}).get("json_valid"), "kl_from_merged": ev.get("kl_from_merged")})
+    return rows
+
+
+def check_one_machine(rows: list[dict], metrics_dir: Path) -> dict:
+    first = rows[0]
+    for row in rows[1:]:
+        if not same_machine(first["_hardware"], row["_hardware"]):
+            raise ReportError(f"{metrics_dir}/bench/{first['variant']}.json and {row['variant']}.json were measured on "
+                              "different machines or library versions; rerun the bench stages on one machine")
+    return first["_hardware"]
+
+
+def pareto_data(rows: list[dict], axis: Axis) -> list[dict]:
+    """Plot rows for one frontier: variant, the axis value, accuracy, and frontier | dominated."""
+    on = set(frontier([Point(r["variant"], r[axis.name], r["exact_match"]) for r in rows], axis.higher_is_better))
+    return [{"variant": r["variant"], axis.name: r[axis.name], "exact_match": r["exact_match"],
+             "pareto": "frontier" if r["variant"] in on else "dominated"} for r in rows]
+
+
+def fill_template(template: dict, data: list[dict], x: str, y: str, title: str, x_label: str, y_label: str,
+                  rev: str = "workspace") -> dict:
+    """The Vega-Lite spec DVC would render from the template, for the static PNGs (same look, one source)."""
+    anchors = {"<DVC_METRIC_DATA>": [dict(d, rev=rev) for d in data], "<DVC_METRIC_X>": x, "<DVC_METRIC_Y>": y,
+               "<DVC_METRIC_TITLE>": title, "<DVC_METRIC_X_LABEL>": x_label, "<DVC_METRIC_Y_LABEL>": y_label}
+
+    def fill(node):
+        if isinstance(node, dict):
+            return {k: fill(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [fill(v) for v in node]
+        return anchors.get(node, node) if isinstance(node, str) else node
+
+    return fill(copy.deepcopy(template))
+
+
+def fmt(value, digits: int = 3, suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}{suffix}" if isinstance(value, float) else f"{value}{suffix}"
+
+
+def kl_text(kl: float | None) -> str:
+    return "-" if kl is None else f"{kl:.2g}"  # significant digits: KL spans 1e-6 to 1
+
+
+def markdown(summary: dict) -> str:
+    hw = summary["hardware"]
+    lines = [
+        f"Measured on {hw['cpu']['model']} ({hw['usable_cpus']} CPUs, {summary['threads']} threads used, "
+        f"{hw['ram_gib']} GiB RAM, GPU: {hw['gpu']['name'] if hw['gpu'] else 'none'}; copy bandwidth "
+        f"{hw['memory_bandwidth']['best_gb_per_s']} GB/s), torch {hw['versions']['torch']}, llama-cpp-python "
+        f"{hw['versions']['llama_cpp_python']}. Exact match on {summary['eval_rows']} eval requests; speed: median of "
+        f"{summary['bench_repeats']} fresh processes. Pareto frontiers on `{summary['decoding']}` exact match.", "",
+        "| variant | exact (free) | exact (schema) | JSON valid | KL from merged | size MiB | bits/weight | gen tok/s "
+        "(range) | llama.cpp's own tok/s | % of bandwidth bound | prompt tok/s | peak RSS MiB | load s | J/token | "
+        "frontier (RAM / speed / size) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["variants"]:
+        lo, hi = r["generation_tokens_per_s_range"]
+        marks = "/".join("F" if r["variant"] in summary["frontiers"][a.name] else "-" for a in AXES)
+        kl = r["kl_from_merged"]
+        lines.append(
+            f"| {r['variant']} | {fmt(r['exact_match_free'])} | {fmt(r['exact_match_json_schema'])} | "
+            f"{fmt(r['json_valid_free'], 2)} | {kl_text(kl)} | {fmt(r['file_mib'], 1)} | "
+            f"{fmt(r['bits_per_weight'], 2)} | {fmt(r['generation_tokens_per_s'], 1)} ({lo:.0f}-{hi:.0f}) | "
+            f"{fmt(r['generation_tokens_per_s_llama_cpp'], 1)} | {fmt(100 * r['fraction_of_bandwidth_bound'], 0, '%')} | "
+            f"{fmt(r['prompt_tokens_per_s'], 0)} | {fmt(r['peak_rss_mib'], 0)} | {fmt(r['load_seconds'], 2)} | "
+            f"{fmt(r['joules_per_token'], 4)} | {marks} |")
+    for r in summary["references"]:
+        if "skipped" in r:
+            lines.append(f"| {r['variant']} (reference) | skipped: {r['skipped']} |" + " |" * 13)
+        else:
+            lines.append(f"| {r['variant']} (reference, few-shot) | {fmt(r['exact_match_free'])} | "
+                         f"{fmt(r['exact_match_json_schema'])} | {fmt(r['json_valid_free'], 2)} | "
+                         f"{kl_text(r['kl_from_merged'])} |" + " |" * 10)
+    energy_notes = sorted({r["energy_note"] for r in summary["variants"] if r["joules_per_token"] is None and r["energy_note"]})
+    lines += ["", "F: on that Pareto frontier (no other variant is at least as accurate and at least as cheap on that axis).",
+              "Energy: " + ("; ".join(energy_notes) if energy_notes else "measured (see metrics/summary.json)") + ".",
+              "", CAVEAT, ""]
+    return "\n".join(lines)
+
+
+def plotly_page(summary: dict, table_md: str) -> str:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    rows = summary["variants"]
+    fig = make_subplots(rows=1, cols=len(AXES), subplot_titles=[a.label for a in AXES], horizontal_spacing=0.07)
+    for i, axis in enumerate(AXES, 1):
+        data = pareto_data(rows, axis)
+        front = sorted((d for d in data if d["pareto"] == "frontier"), key=lambda d: d[axis.name])
+        fig.add_trace(go.Scatter(x=[d[axis.name] for d in front], y=[d["exact_match"] for d in front], mode="lines",
+                                 line={"dash": "dash", "color": "#4c78a8"}, name="frontier", showlegend=i == 1), row=1, col=i)
+        for kind, symbol, opacity in (("frontier", "circle", 1.0), ("dominated", "x", 0.5)):
+            pts = [d for d in data if d["pareto"] == kind]
+            fig.add_trace(go.Scatter(x=[d[axis.name] for d in pts], y=[d["exact_match"] for d in pts], mode="markers+text",
+                                     text=[d["variant"] for d in pts], textposition="top right", opacity=opacity,
+                                     marker={"symbol": symbol, "size": 11, "color": "#4c78a8" if kind == "frontier" else "#e45756"},
+                                     name=kind, showlegend=i == 1), row=1, col=i)
+        fig.update_xaxes(title_text=axis.label, row=1, col=i)
+    fig.update_yaxes(title_text=f"exact match ({summary['decoding']})", row=1, col=1)
+    fig.update_layout(height=480, width=1500, title="Accuracy against memory, speed and size")
+    import html as html_lib
+
+    table = "<pre>" + html_lib.escape(table_md) + "</pre>"
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>ecommerce-slm report</title></head><body>"
+            "<h1>ecommerce-slm: which variant for this machine</h1>"
+            + fig.to_html(full_html=False, include_plotlyjs=True) + table + "</body></html>")
+
+
+def build_summary(metrics_dir: Path, variants: list[str], decoding: str) -> dict:
+    f16 = metrics_dir / "variants" / "F16.json"
+    parameters = json.loads(f16.read_text()).get("parameters") if f16.exists() else None
+    rows = [variant_row(v, metrics_dir, decoding, parameters) for v in variants]
+    hardware = check_one_machine(rows, metrics_dir)
+    for r in rows:
+        del r["_hardware"]
+    return {
+        "decoding": decoding, "hardware": hardware, "threads": rows[0]["threads"], "eval_rows": rows[0]["eval_rows"],
+        "bench_repeats": rows[0]["bench_repeats"], "variants": rows, "references": reference_rows(metrics_dir, decoding),
+        "frontiers": {a.name: frontier([Point(r["variant"], r[a.name], r["exact_match"]) for r in rows], a.higher_is_better)
+                      for a in AXES},
+        "caveat": CAVEAT,
+    }
+
+
+def write_report(summary: dict, metrics_dir: Path, reports_dir: Path, template: dict) -> None:
+    import vl_convert
+
+    table = markdown(summary)
+    for axis in AXES:
+        data = pareto_data(summary["variants"], axis)
+        write_json(metrics_dir / "pareto" / f"{axis.name}.json", data)
+        spec = fill_template(template, data, axis.name, "exact_match", f"Accuracy vs {axis.label.split(',')[0]}",
+                             axis.label, f"exact match ({summary['decoding']})")
+        png = vl_convert.vegalite_to_png(spec, scale=2)
+        out = reports_dir / f"pareto_{axis.name}.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".png.tmp")
+        tmp.write_bytes(png)
+        tmp.replace(out)
+    atomic_write_text(reports_dir / "summary.md", table)
+    atomic_write_text(reports_dir / "report.html", plotly_page(summary, table))
+    write_json(metrics_dir / "summary.json", summary)  # last: its presence means the rest is complete
+
+
+def main() -> int:
+    try:
+        cfg = ReportConfig.load()
+        variants = [*FIXED_VARIANTS, *GgufConfig.load().levels]
+        summary = build_summary(METRICS, variants, cfg.decoding)
+        write_report(summary, METRICS, REPORTS, json.loads(TEMPLATE.read_text()))
+    except (ParamError, ReportError) as err:
+        print(f"report: error: {err}", file=sys.stderr)
+        return 1
+    print(markdown(summary))
+    print("report: frontiers " + "; ".join(f"{k}: {', '.join(v)}" for k, v in summary["frontiers"].items())
+          + f" -> {METRICS / 'summary.json'}, {REPORTS}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
