@@ -27,7 +27,7 @@ from stages.files import write_json
 HARDWARE_FILE = Path("metrics/hardware.json")
 POWERCAP = Path("/sys/class/powercap")
 LIBRARIES = ("torch", "transformers", "llama_cpp_python", "gptqmodel", "peft", "trl", "bitsandbytes", "numpy")
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "f16c", "fma")
+CPU_FLAGS = ("avx2", "avx512f", "avx512vbmi", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "f16c", "fma")
 
 
 def cpu_info(cpuinfo: str | None = None) -> dict:
@@ -91,10 +91,21 @@ def library_versions() -> dict:
     return out
 
 
+def llama_cpp_build() -> str | None:
+    """The instruction sets llama.cpp was compiled for: the same version built for AVX2 or for AVX-512
+    differs by ~30% in decode speed here, so two builds are two machines."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    return llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+
+
 def fingerprint() -> dict:
     """The facts that make two benchmark results comparable (or not)."""
     return {"cpu": cpu_info(), "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
-            "ram_gib": ram_gib(), "gpu": gpu_info(), "os": platform.platform(), "versions": library_versions()}
+            "ram_gib": ram_gib(), "gpu": gpu_info(), "os": platform.platform(), "versions": library_versions(),
+            "llama_cpp_build": llama_cpp_build()}
 
 
 def same_machine(a: dict, b: dict) -> bool:
