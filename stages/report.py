@@ -12,7 +12,7 @@ A variant without its eval or bench metrics is an error, and so are bench files 
 
 from __future__ import annotations
 
-import copy
+import html
 import json
 import sys
 from dataclasses import dataclass
@@ -25,7 +25,7 @@ from stages.pareto import Point, frontier
 
 METRICS = Path("metrics")
 REPORTS = Path("reports")
-TEMPLATE = Path(".dvc/plots/pareto.json")
+TEMPLATE_DIR = Path(".dvc/plots")  # pareto.json: the Vega-Lite template of dvc plots and the PNGs
 FIXED_VARIANTS = ("merged", "gptq", "F16")
 REFERENCES = ("base",)  # accuracy-only rows: the untuned base, and every API baseline found
 CAVEAT = ("The embedded base (SmolLM2-135M-Instruct) ships as a Q4_1 GGUF and is dequantized here: its weights sit "
@@ -54,8 +54,8 @@ def read_json(path: Path, needed_by: str) -> dict:
     return json.loads(path.read_text())
 
 
-def variant_row(name: str, metrics_dir: Path, decoding: str, parameters: int | None) -> dict:
-    """One table row from the eval, bench and variant-file metrics of `name`."""
+def variant_row(name: str, metrics_dir: Path, decoding: str, parameters: int | None) -> tuple[dict, dict]:
+    """One table row from the eval, bench and variant-file metrics of `name`, and the bench's hardware."""
     ev = read_json(metrics_dir / "eval" / f"{name}.json", name)
     bench = read_json(metrics_dir / "bench" / f"{name}.json", name)
     if "skipped" in ev:
@@ -87,8 +87,7 @@ def variant_row(name: str, metrics_dir: Path, decoding: str, parameters: int | N
         "joules_per_token": energy["median"] if energy else None,
         "energy_note": bench["energy"].get("reason") or bench["energy"].get("note"),
         "eval_rows": ev["n"], "bench_repeats": bench["repeats"], "threads": bench["threads"],
-        "_hardware": bench["hardware"],
-    }
+    }, bench["hardware"]
 
 
 def reference_rows(metrics_dir: Path, decoding: str) -> list[dict]:
@@ -109,13 +108,12 @@ def reference_rows(metrics_dir: Path, decoding: str) -> list[dict]:
     return rows
 
 
-def check_one_machine(rows: list[dict], metrics_dir: Path) -> dict:
-    first = rows[0]
-    for row in rows[1:]:
-        if not same_machine(first["_hardware"], row["_hardware"]):
-            raise ReportError(f"{metrics_dir}/bench/{first['variant']}.json and {row['variant']}.json were measured on "
-                              "different machines or library versions; rerun the bench stages on one machine")
-    return first["_hardware"]
+def check_one_machine(names: list[str], hardware: list[dict], metrics_dir: Path) -> dict:
+    for name, other in zip(names[1:], hardware[1:]):
+        if not same_machine(hardware[0], other):
+            raise ReportError(f"{metrics_dir}/bench/{names[0]}.json and {name}.json were measured on different "
+                              "machines or library versions; rerun the bench stages on one machine")
+    return hardware[0]
 
 
 def pareto_data(rows: list[dict], axis: Axis) -> list[dict]:
@@ -125,20 +123,14 @@ def pareto_data(rows: list[dict], axis: Axis) -> list[dict]:
              "pareto": "frontier" if r["variant"] in on else "dominated"} for r in rows]
 
 
-def fill_template(template: dict, data: list[dict], x: str, y: str, title: str, x_label: str, y_label: str,
-                  rev: str = "workspace") -> dict:
-    """The Vega-Lite spec DVC would render from the template, for the static PNGs (same look, one source)."""
-    anchors = {"<DVC_METRIC_DATA>": [dict(d, rev=rev) for d in data], "<DVC_METRIC_X>": x, "<DVC_METRIC_Y>": y,
-               "<DVC_METRIC_TITLE>": title, "<DVC_METRIC_X_LABEL>": x_label, "<DVC_METRIC_Y_LABEL>": y_label}
+def vega_spec(data: list[dict], axis: Axis, decoding: str, template_dir: Path) -> dict:
+    """The spec `dvc plots show` draws for this frontier, filled by DVC's own renderer (so the PNGs match it)."""
+    from dvc_render import VegaRenderer
 
-    def fill(node):
-        if isinstance(node, dict):
-            return {k: fill(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [fill(v) for v in node]
-        return anchors.get(node, node) if isinstance(node, str) else node
-
-    return fill(copy.deepcopy(template))
+    rows = [dict(d, rev="workspace") for d in data]
+    return VegaRenderer(rows, axis.name, template="pareto", template_dir=str(template_dir), x=axis.name, y="exact_match",
+                        title=f"Accuracy vs {axis.label.split(',')[0]}", x_label=axis.label,
+                        y_label=f"exact match ({decoding})").get_filled_template()
 
 
 def fmt(value, digits: int = 3, suffix: str = "") -> str:
@@ -209,9 +201,7 @@ def plotly_page(summary: dict, table_md: str) -> str:
         fig.update_xaxes(title_text=axis.label, row=1, col=i)
     fig.update_yaxes(title_text=f"exact match ({summary['decoding']})", row=1, col=1)
     fig.update_layout(height=480, width=1500, title="Accuracy against memory, speed and size")
-    import html as html_lib
-
-    table = "<pre>" + html_lib.escape(table_md) + "</pre>"
+    table = "<pre>" + html.escape(table_md) + "</pre>"
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>ecommerce-slm report</title></head><body>"
             "<h1>ecommerce-slm: which variant for this machine</h1>"
             + fig.to_html(full_html=False, include_plotlyjs=True) + table + "</body></html>")
@@ -220,10 +210,9 @@ def plotly_page(summary: dict, table_md: str) -> str:
 def build_summary(metrics_dir: Path, variants: list[str], decoding: str) -> dict:
     f16 = metrics_dir / "variants" / "F16.json"
     parameters = json.loads(f16.read_text()).get("parameters") if f16.exists() else None
-    rows = [variant_row(v, metrics_dir, decoding, parameters) for v in variants]
-    hardware = check_one_machine(rows, metrics_dir)
-    for r in rows:
-        del r["_hardware"]
+    rows, machines = zip(*(variant_row(v, metrics_dir, decoding, parameters) for v in variants))
+    rows = list(rows)
+    hardware = check_one_machine(variants, list(machines), metrics_dir)
     return {
         "decoding": decoding, "hardware": hardware, "threads": rows[0]["threads"], "eval_rows": rows[0]["eval_rows"],
         "bench_repeats": rows[0]["bench_repeats"], "variants": rows, "references": reference_rows(metrics_dir, decoding),
@@ -233,15 +222,14 @@ def build_summary(metrics_dir: Path, variants: list[str], decoding: str) -> dict
     }
 
 
-def write_report(summary: dict, metrics_dir: Path, reports_dir: Path, template: dict) -> None:
+def write_report(summary: dict, metrics_dir: Path, reports_dir: Path, template_dir: Path = TEMPLATE_DIR) -> None:
     import vl_convert
 
     table = markdown(summary)
     for axis in AXES:
         data = pareto_data(summary["variants"], axis)
         write_json(metrics_dir / "pareto" / f"{axis.name}.json", data)
-        spec = fill_template(template, data, axis.name, "exact_match", f"Accuracy vs {axis.label.split(',')[0]}",
-                             axis.label, f"exact match ({summary['decoding']})")
+        spec = vega_spec(data, axis, summary["decoding"], template_dir)
         png = vl_convert.vegalite_to_png(spec, scale=2)
         out = reports_dir / f"pareto_{axis.name}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -258,7 +246,7 @@ def main() -> int:
         cfg = ReportConfig.load()
         variants = [*FIXED_VARIANTS, *GgufConfig.load().levels]
         summary = build_summary(METRICS, variants, cfg.decoding)
-        write_report(summary, METRICS, REPORTS, json.loads(TEMPLATE.read_text()))
+        write_report(summary, METRICS, REPORTS)
     except (ParamError, ReportError) as err:
         print(f"report: error: {err}", file=sys.stderr)
         return 1

@@ -9,9 +9,9 @@ import pytest
 from conftest import ROOT
 from stages.browser_check import BrowserError, check_pages, find_chromium
 from stages.hardware import fingerprint
-from stages.report import AXES, ReportError, build_summary, fill_template, markdown, pareto_data, write_report
+from stages.report import AXES, ReportError, build_summary, markdown, pareto_data, vega_spec, write_report
 
-TEMPLATE = json.loads((ROOT / ".dvc" / "plots" / "pareto.json").read_text())
+TEMPLATE_DIR = ROOT / ".dvc" / "plots"
 HARDWARE = {**fingerprint(), "memory_bandwidth": {"best_gb_per_s": 40.0}}
 # variant: (exact free, exact schema, KL, MiB, tok/s, peak RSS)
 VARIANTS = {"merged": (0.58, 0.60, 0.0, 513.2, 18.0, 980.0), "gptq": (0.54, 0.56, 0.0115, 109.3, 42.0, 1066.0),
@@ -52,7 +52,7 @@ def test_summary_has_every_variant_and_the_frontiers(tmp_path):
     gptq = next(r for r in summary["variants"] if r["variant"] == "gptq")
     assert gptq["bits_per_weight"] == round(109.3 * 2**20 * 8 / 134515008, 3)  # from F16's parameter count
     assert summary["references"] == [{"variant": "api:gpt-4.1", "skipped": "OPENAI_API_KEY is not set"}]
-    assert "_hardware" not in gptq and summary["hardware"]["cpu"] == HARDWARE["cpu"]
+    assert "hardware" not in gptq and summary["hardware"]["cpu"] == HARDWARE["cpu"]
 
 
 def test_constrained_decoding_can_be_the_frontier_metric(tmp_path):
@@ -83,19 +83,19 @@ def test_plot_data_marks_frontier_and_dominated():
                                           {"variant": "b", "peak_rss_mib": 200.0, "exact_match": 0.4, "pareto": "dominated"}]
 
 
-def test_template_fills_every_dvc_anchor():
-    spec = fill_template(TEMPLATE, [{"variant": "a", "file_mib": 1.0, "exact_match": 0.5, "pareto": "frontier"}],
-                         "file_mib", "exact_match", "t", "x", "y")
-    text = json.dumps(spec)
-    assert "<DVC_METRIC" not in text
+def test_png_spec_is_the_one_dvc_fills_from_the_template():
+    data = [{"variant": "a", "file_mib": 1.0, "exact_match": 0.5, "pareto": "frontier"}]
+    spec = vega_spec(data, AXES[2], "free", TEMPLATE_DIR)
+    assert "<DVC_METRIC" not in json.dumps(spec)  # every anchor filled
     assert spec["data"]["values"][0]["rev"] == "workspace"
-    assert spec["encoding"]["x"]["field"] == "file_mib"
+    assert spec["encoding"]["x"] == {**spec["encoding"]["x"], "field": "file_mib", "title": AXES[2].label}
+    assert len(spec["layer"]) == 4  # frontier line, points, two kinds of labels: it is our template
 
 
 def test_write_report_makes_table_plot_data_and_images(tmp_path):
     metrics = write_metrics(tmp_path)
     summary = build_summary(metrics, list(VARIANTS), "free")
-    write_report(summary, metrics, tmp_path / "reports", TEMPLATE)
+    write_report(summary, metrics, tmp_path / "reports", TEMPLATE_DIR)
     for axis in AXES:
         data = json.loads((metrics / "pareto" / f"{axis.name}.json").read_text())
         assert {d["variant"] for d in data} == set(VARIANTS)
@@ -122,7 +122,7 @@ def pages(tmp_path_factory):
     root = tmp_path_factory.mktemp("pages")
     metrics = write_metrics(root)
     summary = build_summary(metrics, list(VARIANTS), "free")
-    write_report(summary, metrics, root / "reports", TEMPLATE)
+    write_report(summary, metrics, root / "reports", TEMPLATE_DIR)
     template_dir = root / "templates"
     template_dir.mkdir()
     shutil.copy(ROOT / ".dvc" / "plots" / "pareto.json", template_dir)
