@@ -64,6 +64,24 @@ def load_training_model(base_dir: Path, cfg: TrainConfig):
     return model
 
 
+def score_completion_tokens_only() -> None:
+    """Make trl's fused LM head project only the labelled (completion) positions on every device.
+
+    trl 1.16 keeps just the labelled positions on Triton devices (CUDA, XPU) but projects every position
+    through the 49k-token vocabulary elsewhere, to keep tile shapes fixed for compilers such as Neuron's.
+    On CPU nothing recompiles, and since 3/4 of each example is prompt that work is pure waste: here it was
+    40% of the step time. The loss and its gradients are the same (a test checks). If a later trl moves the
+    switch, training stays correct and only slower, so this says so instead of failing.
+    """
+    import trl.trainer.utils as trl_utils
+
+    if not callable(getattr(trl_utils, "_use_triton", None)):
+        print("train: warning: this trl has no trl.trainer.utils._use_triton; on CPU the LM head will score prompt "
+              "tokens too (same loss, slower steps)", file=sys.stderr)
+        return
+    trl_utils._use_triton = lambda device: True  # only read there to choose compact scoring
+
+
 def linear_module_names(model) -> set[str]:
     """Short names of the linear layers LoRA can target (q_proj, ...), 4-bit ones included."""
     names = set()
@@ -118,6 +136,7 @@ def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool):
         report_to="none",
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         disable_tqdm=False,
     )
 
@@ -197,6 +216,7 @@ def train(cfg: TrainConfig, base_dir: Path = BASE_DIR, train_file: Path = TRAIN_
         if not path.exists():
             raise FileNotFoundError(f"{path}: missing {what}")
     torch.set_num_threads(cfg.threads)
+    score_completion_tokens_only()
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     train_rows = read_jsonl(train_file)
     eval_rows = read_jsonl(validation_file)[: cfg.eval_examples] if validation_file and validation_file.exists() else []

@@ -129,3 +129,55 @@ def test_bad_train_params(values, message):
 def test_missing_data_file(tiny_model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="missing training data"):
         run(tiny_model_dir, tmp_path / "none.jsonl", tmp_path, tiny_cfg())
+
+
+def test_scoring_only_the_completion_keeps_loss_and_gradients(tiny_model_dir, real_tokenizer, monkeypatch):
+    """On CPU trl projects every position through the vocabulary; ours keeps the labelled ones. Same numbers."""
+    import trl.kernels.chunked_logprob as kernels
+    import trl.trainer.utils as trl_utils
+    from transformers import AutoModelForCausalLM
+
+    from stages.train import score_completion_tokens_only
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trl_utils.add_fused_lm_head(model, outputs=("log_probs",))
+    batch = real_tokenizer(["please add 3 shampoos {\"action\": \"add\"}", "remove 2 socks {\"action\": \"remove\", \"quantity\": 2}"],
+                           return_tensors="pt", padding=True)
+    labels = batch["input_ids"].clone()
+    labels[:, :6] = -100  # the "prompt"
+    labels[batch["attention_mask"] == 0] = -100
+    scored_rows = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply",
+                        lambda hidden, *rest: scored_rows.append(hidden.shape[0]) or apply(hidden, *rest))
+
+    def loss_and_grad():
+        model.zero_grad()
+        loss = model(**batch, labels=labels, fused_lm_head=True).loss
+        loss.backward()
+        return loss.item(), model.model.layers[0].mlp.down_proj.weight.grad.clone()
+
+    monkeypatch.setattr(trl_utils, "_use_triton", kernels._use_triton)  # trl as shipped (train() may have patched it)
+    full_loss, full_grad = loss_and_grad()
+    score_completion_tokens_only()
+    compact_loss, compact_grad = loss_and_grad()
+    shifted = labels[:, 1:]
+    assert scored_rows == [shifted.numel(), int((shifted != -100).sum())]
+    assert compact_loss == pytest.approx(full_loss, rel=1e-5)
+    torch.testing.assert_close(compact_grad, full_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_train_step_bench_times_each_step(tiny_model_dir, train_file):
+    from stages.train_step_bench import parse_variant, step_times, summarize
+
+    name, cfg = parse_variant("dropout=lora_dropout=0.1,quantization=none,double_quant=false", tiny_cfg())
+    assert (name, cfg.lora_dropout, cfg.quantization, cfg.double_quant) == ("dropout", 0.1, "none", False)
+    assert parse_variant("default", tiny_cfg())[1] == tiny_cfg()
+    with pytest.raises(ParamError, match="lora_rank"):
+        parse_variant("x=lora_rank=8", tiny_cfg())
+    with pytest.raises(ParamError, match="train.lora_r: expected a positive integer"):
+        parse_variant("x=lora_r=0", tiny_cfg())
+    times = step_times(cfg, 4, base_dir=tiny_model_dir, train_file=train_file)
+    assert len(times) == 4 and all(t > 0 for t in times)
+    summary = summarize([9.0, 5.0, 1.0, 3.0, 2.0])
+    assert summary == {"median_seconds_per_step": 2.0, "min": 1.0, "max": 3.0, "steps_timed": 3}

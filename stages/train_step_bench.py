@@ -1,0 +1,93 @@
+"""How long one training step takes with the `train:` params, and with variations of them.
+
+    python -m stages.train_step_bench --steps 12 --out docs/train_steps.json \
+        --variant default --variant dropout=lora_dropout=0.05 --variant plain=quantization=none
+
+Each variant trains `--steps` steps from scratch into a scratch folder (nothing under models/ is
+touched) and records the time of every step. Reported: the median and range of the steps after the
+first two (which pay for allocation and warm-up), with the thread count; JSON, not a test, because
+step time on a shared 2-core VM moves by a third between hours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from stages.config import ParamError, TrainConfig
+from stages.files import write_json
+from stages.train import BASE_DIR, TRAIN_FILE, train
+
+SKIPPED_STEPS = 2
+
+
+def parse_variant(text: str, base: TrainConfig) -> tuple[str, TrainConfig]:
+    """'name=key=value,key=value' (or 'default') -> (name, config); values parsed as the field's type."""
+    name, _, assignments = text.partition("=")
+    overrides = {}
+    for item in filter(None, assignments.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in {f.name for f in dataclasses.fields(TrainConfig)}:
+            raise ParamError(f"--variant {text}: expected name=key=value[,key=value] with train: keys, got {item!r}")
+        current = getattr(base, key)
+        overrides[key] = value == "true" if isinstance(current, bool) else type(current)(value)
+    return name, TrainConfig.from_dict({**dataclasses.asdict(base), **overrides})
+
+
+def step_times(cfg: TrainConfig, steps: int, base_dir: Path = BASE_DIR, train_file: Path = TRAIN_FILE) -> list[float]:
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.ends = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.begin = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ends.append(time.perf_counter() - self.begin)
+
+    clock = Clock()
+    cfg = dataclasses.replace(cfg, max_steps=steps, save_steps=steps, eval_steps=steps)
+    with tempfile.TemporaryDirectory() as scratch:
+        train(cfg, base_dir=base_dir, train_file=train_file, validation_file=None, adapter_dir=Path(scratch, "adapter"), checkpoint_dir=Path(scratch, "ckpt"),
+              live_dir=None, callbacks=[clock])
+    return clock.ends
+
+
+def summarize(times: list[float]) -> dict:
+    kept = times[SKIPPED_STEPS:] or times
+    return {"median_seconds_per_step": round(statistics.median(kept), 3), "min": round(min(kept), 3),
+            "max": round(max(kept), 3), "steps_timed": len(kept)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--variant", action="append", default=[], help="name=key=value[,key=value]; 'default' alone")
+    parser.add_argument("--out", type=Path, default=Path("docs/train_steps.json"))
+    args = parser.parse_args(argv)
+    try:
+        if args.steps <= SKIPPED_STEPS:
+            raise ParamError(f"--steps: expected more than {SKIPPED_STEPS}, got {args.steps}")
+        base = TrainConfig.load()
+        variants = [parse_variant(v, base) for v in args.variant or ["default"]]
+        results = {}
+        for name, cfg in variants:
+            results[name] = {**summarize(step_times(cfg, args.steps)), "threads": cfg.threads,
+                             "batch_size": cfg.batch_size, "quantization": cfg.quantization}
+            print(f"train_step_bench: {name}: {results[name]['median_seconds_per_step']} s/step")
+    except (ParamError, FileNotFoundError) as err:
+        print(f"train_step_bench: error: {err}", file=sys.stderr)
+        return 1
+    write_json(args.out, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
