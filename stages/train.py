@@ -70,7 +70,7 @@ def score_completion_tokens_only() -> None:
     trl 1.16 keeps just the labelled positions on Triton devices (CUDA, XPU) but projects every position
     through the 49k-token vocabulary elsewhere, to keep tile shapes fixed for compilers such as Neuron's.
     On CPU nothing recompiles, and since 3/4 of each example is prompt that work is pure waste: here it was
-    40% of the step time. The loss and its gradients are the same (a test checks). If a later trl moves the
+    47% of the step time. The loss and its gradients are the same (a test checks). If a later trl moves the
     switch, training stays correct and only slower, so this says so instead of failing.
     """
     import trl.trainer.utils as trl_utils

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 from stages.config import ParamError, TrainConfig
 from stages.files import write_json
@@ -27,16 +30,16 @@ SKIPPED_STEPS = 2
 
 
 def parse_variant(text: str, base: TrainConfig) -> tuple[str, TrainConfig]:
-    """'name=key=value,key=value' (or 'default') -> (name, config); values parsed as the field's type."""
+    """'name=key=value,key=value' (or 'default') -> (name, config). Values are YAML, as with `dvc exp run -S`
+    (so `target_modules=[q_proj,v_proj]` is a list); keys and values are checked by TrainConfig itself."""
     name, _, assignments = text.partition("=")
     overrides = {}
-    for item in filter(None, assignments.split(",")):
+    for item in filter(None, re.split(r",(?=\w+=)", assignments)):  # commas inside [a,b] stay with the value
         key, sep, value = item.partition("=")
-        if not sep or key not in {f.name for f in dataclasses.fields(TrainConfig)}:
-            raise ParamError(f"--variant {text}: expected name=key=value[,key=value] with train: keys, got {item!r}")
-        current = getattr(base, key)
-        overrides[key] = value == "true" if isinstance(current, bool) else type(current)(value)
-    return name, TrainConfig.from_dict({**dataclasses.asdict(base), **overrides})
+        if not sep:
+            raise ParamError(f"--variant {text}: expected name=key=value[,key=value], got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    return name, TrainConfig.from_dict({**dataclasses.asdict(base), **overrides}, path=f"--variant {name}")
 
 
 def step_times(cfg: TrainConfig, steps: int, base_dir: Path = BASE_DIR, train_file: Path = TRAIN_FILE) -> list[float]:
@@ -55,8 +58,8 @@ def step_times(cfg: TrainConfig, steps: int, base_dir: Path = BASE_DIR, train_fi
     clock = Clock()
     cfg = dataclasses.replace(cfg, max_steps=steps, save_steps=steps, eval_steps=steps)
     with tempfile.TemporaryDirectory() as scratch:
-        train(cfg, base_dir=base_dir, train_file=train_file, validation_file=None, adapter_dir=Path(scratch, "adapter"), checkpoint_dir=Path(scratch, "ckpt"),
-              live_dir=None, callbacks=[clock])
+        train(cfg, base_dir=base_dir, train_file=train_file, validation_file=None, adapter_dir=Path(scratch, "adapter"),
+              checkpoint_dir=Path(scratch, "ckpt"), live_dir=None, callbacks=[clock])
     return clock.ends
 
 

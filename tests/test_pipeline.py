@@ -59,7 +59,7 @@ def test_each_stage_declares_the_params_section_it_reads():
     assert stages["eval"]["do"]["params"] == ["eval"]
     assert stages["bench"]["do"]["params"] == stages["bench_gguf"]["params"] == ["bench"]
     assert stages["report"]["params"] == ["report", "gguf.levels"]
-    # the checkpoint folder is scratch: declared, its absence in a queued experiment's workspace would retrain
+    # the checkpoint folder is scratch: were it declared, its absence in a queued experiment's workspace would retrain
     assert "checkpoints" not in str(stages["train"]["outs"])
 
 

@@ -170,13 +170,17 @@ def test_scoring_only_the_completion_keeps_loss_and_gradients(tiny_model_dir, re
 def test_train_step_bench_times_each_step(tiny_model_dir, train_file):
     from stages.train_step_bench import parse_variant, step_times, summarize
 
-    name, cfg = parse_variant("dropout=lora_dropout=0.1,quantization=none,double_quant=false", tiny_cfg())
-    assert (name, cfg.lora_dropout, cfg.quantization, cfg.double_quant) == ("dropout", 0.1, "none", False)
+    name, cfg = parse_variant("drop=lora_dropout=0.1,target_modules=[q_proj,v_proj],quantization=none,double_quant=false",
+                              tiny_cfg())
+    assert (name, cfg.lora_dropout, cfg.target_modules, cfg.quantization, cfg.double_quant) == \
+        ("drop", 0.1, ["q_proj", "v_proj"], "none", False)
     assert parse_variant("default", tiny_cfg())[1] == tiny_cfg()
-    with pytest.raises(ParamError, match="lora_rank"):
+    with pytest.raises(ParamError, match=r"--variant x: train.lora_rank: unknown key"):
         parse_variant("x=lora_rank=8", tiny_cfg())
     with pytest.raises(ParamError, match="train.lora_r: expected a positive integer"):
-        parse_variant("x=lora_r=0", tiny_cfg())
+        parse_variant("x=lora_r=0.5", tiny_cfg())
+    with pytest.raises(ParamError, match="expected name=key=value"):
+        parse_variant("x=lora_r", tiny_cfg())
     times = step_times(cfg, 4, base_dir=tiny_model_dir, train_file=train_file)
     assert len(times) == 4 and all(t > 0 for t in times)
     summary = summarize([9.0, 5.0, 1.0, 3.0, 2.0])
