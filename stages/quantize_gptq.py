@@ -12,38 +12,58 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import resource
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from stages.config import GptqConfig, ParamError
-from stages.files import atomic_dir, read_jsonl, write_json
-from stages.task import completion_messages, intent_of, prompt_messages
+from ecommerce_slm.cli import stage_main
+from ecommerce_slm.files import atomic_dir, read_jsonl, write_json
+from ecommerce_slm.gptq import GptqError, configure_gptqmodel, load_gptq
+from ecommerce_slm.params import ParamError, Section, check, is_pos_int
+from ecommerce_slm.paths import GPTQ_DIR, MERGED_DIR, TRAIN_FILE, variant_info
+from ecommerce_slm.task import completion_messages, intent_of, prompt_messages
 
-MERGED_DIR = Path("models/merged")
-TRAIN_FILE = Path("data/train.jsonl")
-OUT_DIR = Path("models/gptq")
-INFO_FILE = Path("metrics/variants/gptq.json")
-CHECK_TEXTS = ["Can you delet 12 lip balms for me?", "Bok, ubaci dvije paste za zube u košaricu pls",
-               "¿me quitas tres cremas de manos?"]
-
-
-class GptqError(RuntimeError):
-    pass
+CHECK_TEXTS = [
+    "Can you delet 12 lip balms for me?",
+    "Bok, ubaci dvije paste za zube u košaricu pls",
+    "¿me quitas tres cremas de manos?",
+]
 
 
-def configure_gptqmodel(threads: int) -> None:
-    """Environment gptqmodel reads at import; call before importing it (also before loading a GPTQ model).
+@dataclass
+class GptqConfig(Section):
+    """`gptq:` 4-bit GPTQ of the merged model with gptqmodel, calibrated on training requests (paper: 300)."""
 
-    Its JIT-compiled kernels are cached inside the environment, not in the user's home, and its CPU
-    worker pool needs an explicit size on small machines (with 2 cores its default of 1 crashes:
-    "Virtual pool 'model_loader:cpu' requests 2 workers but parent 'cpu' only has 1").
-    """
-    os.environ.setdefault("GPTQMODEL_TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "gptqmodel-extensions"))
-    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, threads)))
+    SECTION: ClassVar[str] = "gptq"
+    bits: int = 4
+    # must divide every linear layer's input width: SmolLM2-135M is 576 wide, so 128 is rejected; 64 works
+    group_size: int = 64
+    desc_act: bool = False
+    sym: bool = True
+    damp_percent: float = 0.05
+    calibration_samples: int = 300  # drawn with `seed` from the training split, prompt + answer
+    seed: int = 42
+    device: str = "auto"  # auto: cuda when present, else cpu | cpu | cuda
+    threads: int = 2
+
+    def __post_init__(self):
+        check(self.bits in (2, 3, 4, 8), "bits", "2, 3, 4 or 8", self.bits)
+        check(
+            self.group_size == -1 or is_pos_int(self.group_size),
+            "group_size",
+            "a positive integer, or -1 for one group per row",
+            self.group_size,
+        )
+        check(0 < self.damp_percent < 1, "damp_percent", "a number in (0, 1)", self.damp_percent)
+        check(
+            is_pos_int(self.calibration_samples), "calibration_samples", "a positive integer", self.calibration_samples
+        )
+        check(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda", self.device)
+        check(is_pos_int(self.threads), "threads", "a positive integer", self.threads)
 
 
 def linear_input_widths(model_config: dict) -> dict[str, int]:
@@ -51,8 +71,11 @@ def linear_input_widths(model_config: dict) -> dict[str, int]:
     hidden = model_config["hidden_size"]
     heads = model_config["num_attention_heads"]
     head_dim = model_config.get("head_dim") or hidden // heads
-    return {"hidden_size (q/k/v/gate/up_proj)": hidden, "heads x head_dim (o_proj)": heads * head_dim,
-            "intermediate_size (down_proj)": model_config["intermediate_size"]}
+    return {
+        "hidden_size (q/k/v/gate/up_proj)": hidden,
+        "heads x head_dim (o_proj)": heads * head_dim,
+        "intermediate_size (down_proj)": model_config["intermediate_size"],
+    }
 
 
 def check_group_size(group_size: int, model_config: dict, source: Path) -> None:
@@ -64,16 +87,20 @@ def check_group_size(group_size: int, model_config: dict, source: Path) -> None:
     if bad:
         divisor = math.gcd(*widths.values())
         fits = [g for g in (32, 64, 128, 256) if divisor % g == 0]
-        raise ParamError(f"params.yaml: gptq.group_size: {group_size} does not divide {bad} of {source}; "
-                         f"expected a divisor of {divisor}{f' such as {fits[-1]}' if fits else ''}, or -1")
+        raise ParamError(
+            f"params.yaml: gptq.group_size: {group_size} does not divide {bad} of {source}; "
+            f"expected a divisor of {divisor}{f' such as {fits[-1]}' if fits else ''}, or -1"
+        )
 
 
 def calibration_texts(rows: list[dict], tokenizer, n: int, seed: int) -> list[str]:
     if len(rows) < n:
         raise GptqError(f"gptq.calibration_samples: {n} requested but the training split has {len(rows)} rows")
     picked = random.Random(seed).sample(rows, n)
-    return [tokenizer.apply_chat_template(prompt_messages(r["text"]) + completion_messages(intent_of(r)), tokenize=False)
-            for r in picked]
+    return [
+        tokenizer.apply_chat_template(prompt_messages(r["text"]) + completion_messages(intent_of(r)), tokenize=False)
+        for r in picked
+    ]
 
 
 def greedy_answers(model, tokenizer, texts: list[str], max_new_tokens: int = 32) -> list[list[int]]:
@@ -81,33 +108,26 @@ def greedy_answers(model, tokenizer, texts: list[str], max_new_tokens: int = 32)
 
     answers = []
     for text in texts:
-        batch = tokenizer.apply_chat_template(prompt_messages(text), add_generation_prompt=True, return_tensors="pt",
-                                              return_dict=True).to(model.device)
+        batch = tokenizer.apply_chat_template(
+            prompt_messages(text), add_generation_prompt=True, return_tensors="pt", return_dict=True
+        ).to(model.device)
         with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-        answers.append(out[0, batch["input_ids"].shape[1]:].tolist())
+            out = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+            )
+        answers.append(out[0, batch["input_ids"].shape[1] :].tolist())
     return answers
-
-
-def load_gptq(model_dir: str | Path, threads: int = 2, device: str = "cpu"):
-    """Load a GPTQ checkpoint the way users do: transformers reads quantize_config from config.json.
-
-    Never pass a quantization_config here: transformers then ignores the saved one and builds plain
-    layers whose quantized weights are left uninitialised, so the model answers with noise.
-    """
-    configure_gptqmodel(threads)
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, device_map=device).eval()
-    if getattr(model.config, "quantization_config", None) is None:
-        raise GptqError(f"{model_dir}: loaded without a GPTQ quantization_config")
-    return model
 
 
 def quantize(cfg: GptqConfig, merged_dir: Path, train_file: Path, out_dir: Path) -> dict:
     """Quantize, save atomically to out_dir, verify the reload; return the variant's description."""
-    for path, what in ((merged_dir / "config.json", "merged model (run merge)"), (train_file, "training split (run synthesize)")):
+    for path, what in (
+        (merged_dir / "config.json", "merged model (run merge)"),
+        (train_file, "training split (run synthesize)"),
+    ):
         if not path.exists():
             raise FileNotFoundError(f"{path}: missing {what}")
     check_group_size(cfg.group_size, json.loads((merged_dir / "config.json").read_text()), merged_dir / "config.json")
@@ -122,8 +142,15 @@ def quantize(cfg: GptqConfig, merged_dir: Path, train_file: Path, out_dir: Path)
         raise GptqError("gptq.device: cuda requested but torch sees no CUDA device")
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     texts = calibration_texts(read_jsonl(train_file), tokenizer, cfg.calibration_samples, cfg.seed)
-    qcfg = QuantizeConfig(bits=cfg.bits, group_size=cfg.group_size, desc_act=cfg.desc_act, sym=cfg.sym,
-                          damp_percent=cfg.damp_percent, format="gptq", offload_to_disk=False)
+    qcfg = QuantizeConfig(
+        bits=cfg.bits,
+        group_size=cfg.group_size,
+        desc_act=cfg.desc_act,
+        sym=cfg.sym,
+        damp_percent=cfg.damp_percent,
+        format="gptq",
+        offload_to_disk=False,
+    )
     start = time.perf_counter()
     model = GPTQModel.load(str(merged_dir), qcfg, device=device)
     model.quantize(texts, batch_size=1, tokenizer=tokenizer)
@@ -135,19 +162,36 @@ def quantize(cfg: GptqConfig, merged_dir: Path, train_file: Path, out_dir: Path)
         # supported way (transformers) and with gptqmodel's own loader, compare greedy answers.
         reloaded = load_gptq(tmp, cfg.threads, device)
         native = GPTQModel.load(str(tmp), device=device)
-        ours, theirs = greedy_answers(reloaded, tokenizer, CHECK_TEXTS), greedy_answers(native.model, tokenizer, CHECK_TEXTS)
+        ours, theirs = (
+            greedy_answers(reloaded, tokenizer, CHECK_TEXTS),
+            greedy_answers(native.model, tokenizer, CHECK_TEXTS),
+        )
         if ours != theirs:
             raise GptqError(f"{out_dir}: transformers and gptqmodel load different models from the checkpoint")
         kernel = type(reloaded.model.layers[0].self_attn.q_proj).__name__
         sample = tokenizer.decode(ours[0], skip_special_tokens=True)
     weights = sum(f.stat().st_size for f in out_dir.glob("*.safetensors"))
     parameters = count_parameters(merged_dir)
-    return {"variant": "gptq", "format": "gptq v1", "path": str(out_dir), "bits": cfg.bits, "group_size": cfg.group_size,
-            "desc_act": cfg.desc_act, "sym": cfg.sym, "calibration_samples": cfg.calibration_samples,
-            "file_bytes": weights, "parameters": parameters, "bits_per_weight": round(8 * weights / parameters, 3),
-            "device": device, "kernel": kernel, "quantize_seconds": round(seconds, 1),
-            "peak_rss_mib": round(peak_rss_mib(), 1), "check_answer": sample,
-            "gptqmodel": _version("gptqmodel"), "torch": torch.__version__}
+    return {
+        "variant": "gptq",
+        "format": "gptq v1",
+        "path": str(out_dir),
+        "bits": cfg.bits,
+        "group_size": cfg.group_size,
+        "desc_act": cfg.desc_act,
+        "sym": cfg.sym,
+        "calibration_samples": cfg.calibration_samples,
+        "file_bytes": weights,
+        "parameters": parameters,
+        "bits_per_weight": round(8 * weights / parameters, 3),
+        "device": device,
+        "kernel": kernel,
+        "quantize_seconds": round(seconds, 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "check_answer": sample,
+        "gptqmodel": _version("gptqmodel"),
+        "torch": torch.__version__,
+    }
 
 
 def count_parameters(model_dir: Path) -> int:
@@ -172,17 +216,14 @@ def _version(package: str) -> str:
     return version(package)
 
 
-def main() -> int:
-    try:
-        cfg = GptqConfig.load()
-        info = quantize(cfg, MERGED_DIR, TRAIN_FILE, OUT_DIR)
-    except (ParamError, FileNotFoundError, GptqError) as err:
-        print(f"quantize_gptq: error: {err}", file=sys.stderr)
-        return 1
-    write_json(INFO_FILE, info)
-    print(f"quantize_gptq: {info['bits']}-bit g{info['group_size']} in {info['quantize_seconds']} s, "
-          f"{info['file_bytes'] / 2**20:.1f} MiB, kernel {info['kernel']}: {info['check_answer']} -> {OUT_DIR}")
-    return 0
+@stage_main("quantize_gptq")
+def main() -> str:
+    info = quantize(GptqConfig.load(), MERGED_DIR, TRAIN_FILE, GPTQ_DIR)
+    write_json(variant_info("gptq"), info)
+    return (
+        f"{info['bits']}-bit g{info['group_size']} in {info['quantize_seconds']} s, "
+        f"{info['file_bytes'] / 2**20:.1f} MiB, kernel {info['kernel']}: {info['check_answer']} -> {GPTQ_DIR}"
+    )
 
 
 if __name__ == "__main__":

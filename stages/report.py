@@ -17,19 +17,34 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from stages.config import GgufConfig, ParamError, ReportConfig
-from stages.files import atomic_write_text, write_json
-from stages.hardware import same_machine
-from stages.pareto import Point, frontier
+from ecommerce_slm.cli import ProjectError, stage_main
+from ecommerce_slm.files import atomic_write_bytes, atomic_write_text, write_json
+from ecommerce_slm.gguf_file import GgufConfig
+from ecommerce_slm.machine import same_machine
+from ecommerce_slm.params import Section, check
+from ecommerce_slm.pareto import Point, frontier
+from ecommerce_slm.paths import METRICS, PARETO_TEMPLATE_DIR, REPORTS
+from ecommerce_slm.task import DECODING_MODES
+from ecommerce_slm.variants import MEASURED_VARIANTS, REFERENCE_VARIANTS
 
-METRICS = Path("metrics")
-REPORTS = Path("reports")
-TEMPLATE_DIR = Path(".dvc/plots")  # pareto.json: the Vega-Lite template of dvc plots and the PNGs
-FIXED_VARIANTS = ("merged", "gptq", "F16")
-REFERENCES = ("base",)  # accuracy-only rows: the untuned base, and every API baseline found
-CAVEAT = ("The embedded base (SmolLM2-135M-Instruct) ships as a Q4_1 GGUF and is dequantized here: its weights sit "
-          "on a 4-bit grid, so the quantization drift measured on it understates what a bf16-trained model shows.")
+
+@dataclass
+class ReportConfig(Section):
+    """`report:` the table and the Pareto frontiers (accuracy against memory, speed and size)."""
+
+    SECTION: ClassVar[str] = "report"
+    decoding: str = "free"  # whose exact match the frontiers plot: free | json_schema
+
+    def __post_init__(self):
+        check(self.decoding in DECODING_MODES, "decoding", f"one of {list(DECODING_MODES)}", self.decoding)
+
+
+CAVEAT = (
+    "The embedded base (SmolLM2-135M-Instruct) ships as a Q4_1 GGUF and is dequantized here: its weights sit "
+    "on a 4-bit grid, so the quantization drift measured on it understates what a bf16-trained model shows."
+)
 
 
 @dataclass(frozen=True)
@@ -39,12 +54,14 @@ class Axis:
     higher_is_better: bool
 
 
-AXES = (Axis("peak_rss_mib", "peak RSS (MiB), lower is better", False),
-        Axis("generation_tokens_per_s", "generation tokens/s, higher is better", True),
-        Axis("file_mib", "model size on disk (MiB), lower is better", False))
+AXES = (
+    Axis("peak_rss_mib", "peak RSS (MiB), lower is better", False),
+    Axis("generation_tokens_per_s", "generation tokens/s, higher is better", True),
+    Axis("file_mib", "model size on disk (MiB), lower is better", False),
+)
 
 
-class ReportError(RuntimeError):
+class ReportError(ProjectError, RuntimeError):
     pass
 
 
@@ -61,24 +78,34 @@ def variant_row(name: str, metrics_dir: Path, decoding: str, parameters: int | N
     if "skipped" in ev:
         raise ReportError(f"{metrics_dir}/eval/{name}.json: eval was skipped ({ev['skipped']})")
     if decoding not in ev:
-        raise ReportError(f"{metrics_dir}/eval/{name}.json: no '{decoding}' results (report.decoding); it has "
-                          f"{[m for m in ('free', 'json_schema') if m in ev]}")
+        raise ReportError(
+            f"{metrics_dir}/eval/{name}.json: no '{decoding}' results (report.decoding); it has "
+            f"{[m for m in DECODING_MODES if m in ev]}"
+        )
     info_file = metrics_dir / "variants" / f"{name}.json"
     info = json.loads(info_file.read_text()) if info_file.exists() else {}
     file_bytes = bench["file_mib"] * 2**20
     bpw = info.get("bits_per_weight") or (round(file_bytes * 8 / parameters, 3) if parameters else None)
     energy = bench["energy"]["joules_per_generated_token"]
     return {
-        "variant": name, "engine": bench["engine"], "device": bench["device"],
+        "variant": name,
+        "engine": bench["engine"],
+        "device": bench["device"],
         "exact_match": ev[decoding]["exact_match"],
         "exact_match_free": ev.get("free", {}).get("exact_match"),
         "exact_match_json_schema": ev.get("json_schema", {}).get("exact_match"),
         "json_valid_free": ev.get("free", {}).get("json_valid"),
         "kl_from_merged": ev.get("kl_from_merged"),
-        "file_mib": bench["file_mib"], "bits_per_weight": bpw,
+        "file_mib": bench["file_mib"],
+        "bits_per_weight": bpw,
         "generation_tokens_per_s": bench["generation_tokens_per_s"]["median"],
-        "generation_tokens_per_s_range": [bench["generation_tokens_per_s"]["min"], bench["generation_tokens_per_s"]["max"]],
-        "generation_tokens_per_s_llama_cpp": bench.get("llama_cpp_timings", {}).get("generation_tokens_per_s", {}).get("median"),
+        "generation_tokens_per_s_range": [
+            bench["generation_tokens_per_s"]["min"],
+            bench["generation_tokens_per_s"]["max"],
+        ],
+        "generation_tokens_per_s_llama_cpp": bench.get("llama_cpp_timings", {})
+        .get("generation_tokens_per_s", {})
+        .get("median"),
         "fraction_of_bandwidth_bound": bench["fraction_of_bound"],
         "prompt_tokens_per_s": bench["prompt_tokens_per_s"]["median"],
         "peak_rss_mib": bench["peak_rss_mib"]["median"],
@@ -86,13 +113,17 @@ def variant_row(name: str, metrics_dir: Path, decoding: str, parameters: int | N
         "load_seconds": bench["load_seconds"]["median"],
         "joules_per_token": energy["median"] if energy else None,
         "energy_note": bench["energy"].get("reason") or bench["energy"].get("note"),
-        "eval_rows": ev["n"], "bench_repeats": bench["repeats"], "threads": bench["threads"],
+        "eval_rows": ev["n"],
+        "bench_repeats": bench["repeats"],
+        "threads": bench["threads"],
     }, bench["hardware"]
 
 
 def reference_rows(metrics_dir: Path, decoding: str) -> list[dict]:
     """Accuracy-only rows: the untuned base and any API baseline, skipped ones with their reason."""
-    files = [metrics_dir / "eval" / f"{n}.json" for n in REFERENCES] + sorted((metrics_dir / "eval").glob("api-*.json"))
+    files = [metrics_dir / "eval" / f"{n}.json" for n in REFERENCE_VARIANTS] + sorted(
+        (metrics_dir / "eval").glob("api-*.json")
+    )
     rows = []
     for f in files:
         if not f.exists() or f.name.endswith(".details.json"):
@@ -101,26 +132,41 @@ def reference_rows(metrics_dir: Path, decoding: str) -> list[dict]:
         if "skipped" in ev:
             rows.append({"variant": ev["variant"], "skipped": ev["skipped"]})
         else:
-            rows.append({"variant": ev["variant"], "exact_match": ev[decoding]["exact_match"],
-                         "exact_match_free": ev.get("free", {}).get("exact_match"),
-                         "exact_match_json_schema": ev.get("json_schema", {}).get("exact_match"),
-                         "json_valid_free": ev.get("free", {}).get("json_valid"), "kl_from_merged": ev.get("kl_from_merged")})
+            rows.append(
+                {
+                    "variant": ev["variant"],
+                    "exact_match": ev[decoding]["exact_match"],
+                    "exact_match_free": ev.get("free", {}).get("exact_match"),
+                    "exact_match_json_schema": ev.get("json_schema", {}).get("exact_match"),
+                    "json_valid_free": ev.get("free", {}).get("json_valid"),
+                    "kl_from_merged": ev.get("kl_from_merged"),
+                }
+            )
     return rows
 
 
 def check_one_machine(names: list[str], hardware: list[dict], metrics_dir: Path) -> dict:
-    for name, other in zip(names[1:], hardware[1:]):
+    for name, other in zip(names[1:], hardware[1:], strict=True):
         if not same_machine(hardware[0], other):
-            raise ReportError(f"{metrics_dir}/bench/{names[0]}.json and {name}.json were measured on different "
-                              "machines or library versions; rerun the bench stages on one machine")
+            raise ReportError(
+                f"{metrics_dir}/bench/{names[0]}.json and {name}.json were measured on different "
+                "machines or library versions; rerun the bench stages on one machine"
+            )
     return hardware[0]
 
 
 def pareto_data(rows: list[dict], axis: Axis) -> list[dict]:
     """Plot rows for one frontier: variant, the axis value, accuracy, and frontier | dominated."""
     on = set(frontier([Point(r["variant"], r[axis.name], r["exact_match"]) for r in rows], axis.higher_is_better))
-    return [{"variant": r["variant"], axis.name: r[axis.name], "exact_match": r["exact_match"],
-             "pareto": "frontier" if r["variant"] in on else "dominated"} for r in rows]
+    return [
+        {
+            "variant": r["variant"],
+            axis.name: r[axis.name],
+            "exact_match": r["exact_match"],
+            "pareto": "frontier" if r["variant"] in on else "dominated",
+        }
+        for r in rows
+    ]
 
 
 def vega_spec(data: list[dict], axis: Axis, decoding: str, template_dir: Path) -> dict:
@@ -128,9 +174,17 @@ def vega_spec(data: list[dict], axis: Axis, decoding: str, template_dir: Path) -
     from dvc_render import VegaRenderer
 
     rows = [dict(d, rev="workspace") for d in data]
-    return VegaRenderer(rows, axis.name, template="pareto", template_dir=str(template_dir), x=axis.name, y="exact_match",
-                        title=f"Accuracy vs {axis.label.split(',')[0]}", x_label=axis.label,
-                        y_label=f"exact match ({decoding})").get_filled_template()
+    return VegaRenderer(
+        rows,
+        axis.name,
+        template="pareto",
+        template_dir=str(template_dir),
+        x=axis.name,
+        y="exact_match",
+        title=f"Accuracy vs {axis.label.split(',')[0]}",
+        x_label=axis.label,
+        y_label=f"exact match ({decoding})",
+    ).get_filled_template()
 
 
 def fmt(value, digits: int = 3, suffix: str = "") -> str:
@@ -150,7 +204,8 @@ def markdown(summary: dict) -> str:
         f"{hw['ram_gib']} GiB RAM, GPU: {hw['gpu']['name'] if hw['gpu'] else 'none'}; copy bandwidth "
         f"{hw['memory_bandwidth']['best_gb_per_s']} GB/s), torch {hw['versions']['torch']}, llama-cpp-python "
         f"{hw['versions']['llama_cpp_python']}. Exact match on {summary['eval_rows']} eval requests; speed: median of "
-        f"{summary['bench_repeats']} fresh processes. Pareto frontiers on `{summary['decoding']}` exact match.", "",
+        f"{summary['bench_repeats']} fresh processes. Pareto frontiers on `{summary['decoding']}` exact match.",
+        "",
         "| variant | exact (free) | exact (schema) | JSON valid | KL from merged | size MiB | bits/weight | gen tok/s "
         "(range) | llama.cpp's own tok/s | % of bandwidth bound | prompt tok/s | peak RSS MiB | load s | J/token | "
         "frontier (RAM / speed / size) |",
@@ -166,18 +221,28 @@ def markdown(summary: dict) -> str:
             f"{fmt(r['bits_per_weight'], 2)} | {fmt(r['generation_tokens_per_s'], 1)} ({lo:.0f}-{hi:.0f}) | "
             f"{fmt(r['generation_tokens_per_s_llama_cpp'], 1)} | {fmt(100 * r['fraction_of_bandwidth_bound'], 0, '%')} | "
             f"{fmt(r['prompt_tokens_per_s'], 0)} | {fmt(r['peak_rss_mib'], 0)} | {fmt(r['load_seconds'], 2)} | "
-            f"{fmt(r['joules_per_token'], 4)} | {marks} |")
+            f"{fmt(r['joules_per_token'], 4)} | {marks} |"
+        )
     for r in summary["references"]:
         if "skipped" in r:
             lines.append(f"| {r['variant']} (reference) | skipped: {r['skipped']} |" + " |" * 13)
         else:
-            lines.append(f"| {r['variant']} (reference, few-shot) | {fmt(r['exact_match_free'])} | "
-                         f"{fmt(r['exact_match_json_schema'])} | {fmt(r['json_valid_free'], 2)} | "
-                         f"{kl_text(r['kl_from_merged'])} |" + " |" * 10)
-    energy_notes = sorted({r["energy_note"] for r in summary["variants"] if r["joules_per_token"] is None and r["energy_note"]})
-    lines += ["", "F: on that Pareto frontier (no other variant is at least as accurate and at least as cheap on that axis).",
-              "Energy: " + ("; ".join(energy_notes) if energy_notes else "measured (see metrics/summary.json)") + ".",
-              "", CAVEAT, ""]
+            lines.append(
+                f"| {r['variant']} (reference, few-shot) | {fmt(r['exact_match_free'])} | "
+                f"{fmt(r['exact_match_json_schema'])} | {fmt(r['json_valid_free'], 2)} | "
+                f"{kl_text(r['kl_from_merged'])} |" + " |" * 10
+            )
+    energy_notes = sorted(
+        {r["energy_note"] for r in summary["variants"] if r["joules_per_token"] is None and r["energy_note"]}
+    )
+    lines += [
+        "",
+        "F: on that Pareto frontier (no other variant is at least as accurate and at least as cheap on that axis).",
+        "Energy: " + ("; ".join(energy_notes) if energy_notes else "measured (see metrics/summary.json)") + ".",
+        "",
+        CAVEAT,
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -190,39 +255,71 @@ def plotly_page(summary: dict, table_md: str) -> str:
     for i, axis in enumerate(AXES, 1):
         data = pareto_data(rows, axis)
         front = sorted((d for d in data if d["pareto"] == "frontier"), key=lambda d: d[axis.name])
-        fig.add_trace(go.Scatter(x=[d[axis.name] for d in front], y=[d["exact_match"] for d in front], mode="lines",
-                                 line={"dash": "dash", "color": "#4c78a8"}, name="frontier", showlegend=i == 1), row=1, col=i)
+        fig.add_trace(
+            go.Scatter(
+                x=[d[axis.name] for d in front],
+                y=[d["exact_match"] for d in front],
+                mode="lines",
+                line={"dash": "dash", "color": "#4c78a8"},
+                name="frontier",
+                showlegend=i == 1,
+            ),
+            row=1,
+            col=i,
+        )
         for kind, symbol, opacity in (("frontier", "circle", 1.0), ("dominated", "x", 0.5)):
             pts = [d for d in data if d["pareto"] == kind]
-            fig.add_trace(go.Scatter(x=[d[axis.name] for d in pts], y=[d["exact_match"] for d in pts], mode="markers+text",
-                                     text=[d["variant"] for d in pts], textposition="top right", opacity=opacity,
-                                     marker={"symbol": symbol, "size": 11, "color": "#4c78a8" if kind == "frontier" else "#e45756"},
-                                     name=kind, showlegend=i == 1), row=1, col=i)
+            fig.add_trace(
+                go.Scatter(
+                    x=[d[axis.name] for d in pts],
+                    y=[d["exact_match"] for d in pts],
+                    mode="markers+text",
+                    text=[d["variant"] for d in pts],
+                    textposition="top right",
+                    opacity=opacity,
+                    marker={"symbol": symbol, "size": 11, "color": "#4c78a8" if kind == "frontier" else "#e45756"},
+                    name=kind,
+                    showlegend=i == 1,
+                ),
+                row=1,
+                col=i,
+            )
         fig.update_xaxes(title_text=axis.label, row=1, col=i)
     fig.update_yaxes(title_text=f"exact match ({summary['decoding']})", row=1, col=1)
     fig.update_layout(height=480, width=1500, title="Accuracy against memory, speed and size")
     table = "<pre>" + html.escape(table_md) + "</pre>"
-    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>ecommerce-slm report</title></head><body>"
-            "<h1>ecommerce-slm: which variant for this machine</h1>"
-            + fig.to_html(full_html=False, include_plotlyjs=True) + table + "</body></html>")
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>ecommerce-slm report</title></head><body>"
+        "<h1>ecommerce-slm: which variant for this machine</h1>"
+        + fig.to_html(full_html=False, include_plotlyjs=True)
+        + table
+        + "</body></html>"
+    )
 
 
 def build_summary(metrics_dir: Path, variants: list[str], decoding: str) -> dict:
     f16 = metrics_dir / "variants" / "F16.json"
     parameters = json.loads(f16.read_text()).get("parameters") if f16.exists() else None
-    rows, machines = zip(*(variant_row(v, metrics_dir, decoding, parameters) for v in variants))
+    rows, machines = zip(*(variant_row(v, metrics_dir, decoding, parameters) for v in variants), strict=True)
     rows = list(rows)
     hardware = check_one_machine(variants, list(machines), metrics_dir)
     return {
-        "decoding": decoding, "hardware": hardware, "threads": rows[0]["threads"], "eval_rows": rows[0]["eval_rows"],
-        "bench_repeats": rows[0]["bench_repeats"], "variants": rows, "references": reference_rows(metrics_dir, decoding),
-        "frontiers": {a.name: frontier([Point(r["variant"], r[a.name], r["exact_match"]) for r in rows], a.higher_is_better)
-                      for a in AXES},
+        "decoding": decoding,
+        "hardware": hardware,
+        "threads": rows[0]["threads"],
+        "eval_rows": rows[0]["eval_rows"],
+        "bench_repeats": rows[0]["bench_repeats"],
+        "variants": rows,
+        "references": reference_rows(metrics_dir, decoding),
+        "frontiers": {
+            a.name: frontier([Point(r["variant"], r[a.name], r["exact_match"]) for r in rows], a.higher_is_better)
+            for a in AXES
+        },
         "caveat": CAVEAT,
     }
 
 
-def write_report(summary: dict, metrics_dir: Path, reports_dir: Path, template_dir: Path = TEMPLATE_DIR) -> None:
+def write_report(summary: dict, metrics_dir: Path, reports_dir: Path, template_dir: Path = PARETO_TEMPLATE_DIR) -> None:
     import vl_convert
 
     table = markdown(summary)
@@ -230,30 +327,24 @@ def write_report(summary: dict, metrics_dir: Path, reports_dir: Path, template_d
         data = pareto_data(summary["variants"], axis)
         write_json(metrics_dir / "pareto" / f"{axis.name}.json", data)
         spec = vega_spec(data, axis, summary["decoding"], template_dir)
-        png = vl_convert.vegalite_to_png(spec, scale=2)
-        out = reports_dir / f"pareto_{axis.name}.png"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".png.tmp")
-        tmp.write_bytes(png)
-        tmp.replace(out)
+        atomic_write_bytes(reports_dir / f"pareto_{axis.name}.png", vl_convert.vegalite_to_png(spec, scale=2))
     atomic_write_text(reports_dir / "summary.md", table)
     atomic_write_text(reports_dir / "report.html", plotly_page(summary, table))
     write_json(metrics_dir / "summary.json", summary)  # last: its presence means the rest is complete
 
 
-def main() -> int:
-    try:
-        cfg = ReportConfig.load()
-        variants = [*FIXED_VARIANTS, *GgufConfig.load().levels]
-        summary = build_summary(METRICS, variants, cfg.decoding)
-        write_report(summary, METRICS, REPORTS)
-    except (ParamError, ReportError) as err:
-        print(f"report: error: {err}", file=sys.stderr)
-        return 1
+@stage_main("report")
+def main() -> str:
+    cfg = ReportConfig.load()
+    variants = [*MEASURED_VARIANTS, *GgufConfig.load().levels]
+    summary = build_summary(METRICS, variants, cfg.decoding)
+    write_report(summary, METRICS, REPORTS)
     print(markdown(summary))
-    print("report: frontiers " + "; ".join(f"{k}: {', '.join(v)}" for k, v in summary["frontiers"].items())
-          + f" -> {METRICS / 'summary.json'}, {REPORTS}/")
-    return 0
+    return (
+        "frontiers "
+        + "; ".join(f"{k}: {', '.join(v)}" for k, v in summary["frontiers"].items())
+        + f" -> {METRICS / 'summary.json'}, {REPORTS}/"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Stage `synthesize`: train/validation/eval JSONL and data stats, from synthesis or from your own file.
 
-    python -m stages.synthesize          # reads params.yaml: data
+python -m stages.synthesize          # reads params.yaml: data
 """
 
 from __future__ import annotations
@@ -8,23 +8,86 @@ from __future__ import annotations
 import random
 import sys
 from collections import Counter
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import ClassVar
 
-from stages.catalog import Catalog, load_catalog
-from stages.config import DataConfig, ParamError
-from stages.files import RowFormatError, iter_rows, write_json, write_jsonl
-from stages.generator import (generate_rows, load_templates, plan_specs, render_offline, split_heldout,
-                              template_ids)
-from stages.metaprompt import STYLE_IDS, MetapromptWriter
-from stages.noise import NOISE_TYPES, NoiseVocab
-from stages.task import ACTIONS, InvalidRow, validate_row
+from ecommerce_slm.catalog import Catalog, load_catalog
+from ecommerce_slm.cli import ProjectError, stage_main
+from ecommerce_slm.files import RowFormatError, iter_rows, write_json, write_jsonl
+from ecommerce_slm.generator import (
+    QuantityConfig,
+    generate_rows,
+    load_templates,
+    plan_specs,
+    render_offline,
+    split_heldout,
+    template_ids,
+)
+from ecommerce_slm.metaprompt import STYLE_IDS, MetapromptConfig, MetapromptWriter
+from ecommerce_slm.noise import NOISE_TYPES, NoiseConfig, NoiseVocab
+from ecommerce_slm.params import ParamError, Section, check, is_pos_int, is_rate
+from ecommerce_slm.paths import DATA_DETAILS, DATA_STATS, DEFAULT_CATALOG, EVAL_FILE, TRAIN_FILE, VALIDATION_FILE
+from ecommerce_slm.task import ACTIONS, InvalidRow, validate_row
 
-OUTPUTS = {"train": Path("data/train.jsonl"), "validation": Path("data/validation.jsonl"), "eval": Path("data/eval.jsonl")}
-STATS = Path("metrics/data.json")  # compact, so `dvc exp show` stays readable
-DETAILS = Path("metrics/data_details.json")  # counts per split, language, action and product
+OUTPUTS = {"train": TRAIN_FILE, "validation": VALIDATION_FILE, "eval": EVAL_FILE}
 
 
-class DataError(ValueError):
+@dataclass
+class DataConfig(Section):
+    """`data:` where the training and eval data come from.
+
+    source: empty to synthesise; else a JSONL or CSV file, or a `datasets.save_to_disk` folder,
+            with fields text, action, product, quantity (language optional).
+    eval_source: the same for the eval set; empty generates it with held-out templates.
+    backend: `offline` (templates + noise injectors) or `metaprompt` (an LLM writes the text).
+    """
+
+    SECTION: ClassVar[str] = "data"
+    source: str = ""
+    eval_source: str = ""
+    backend: str = "offline"
+    catalog: str = DEFAULT_CATALOG
+    languages: list = field(default_factory=lambda: ["en", "hr", "es"])
+    n_examples: int = 3000
+    n_eval: int = 300
+    validation_share: float = 0.1
+    seed: int = 42
+    eval_seed: int = 4242
+    heldout_template_share: float = 0.2
+    on_invalid: str = "error"
+    quantity: QuantityConfig = field(default_factory=QuantityConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    metaprompt: MetapromptConfig = field(default_factory=MetapromptConfig)
+
+    def __post_init__(self):
+        check(self.backend in ("offline", "metaprompt"), "backend", "offline or metaprompt", self.backend)
+        check(
+            len(self.languages) > 0 and all(isinstance(x, str) for x in self.languages),
+            "languages",
+            "a non-empty list of language codes",
+            self.languages,
+        )
+        check(len(set(self.languages)) == len(self.languages), "languages", "no repeated language", self.languages)
+        check(is_pos_int(self.n_examples) and self.n_examples >= 2, "n_examples", "an integer >= 2", self.n_examples)
+        check(is_pos_int(self.n_eval), "n_eval", "a positive integer", self.n_eval)
+        check(
+            is_rate(self.validation_share) and 0 < self.validation_share < 1,
+            "validation_share",
+            "a share in (0, 1)",
+            self.validation_share,
+        )
+        check(self.seed != self.eval_seed, "eval_seed", "a seed different from data.seed", self.eval_seed)
+        check(
+            is_rate(self.heldout_template_share) and 0 < self.heldout_template_share < 1,
+            "heldout_template_share",
+            "a share in (0, 1)",
+            self.heldout_template_share,
+        )
+        check(self.on_invalid in ("error", "drop"), "on_invalid", "error or drop", self.on_invalid)
+        check(bool(self.catalog), "catalog", "a catalog file path", self.catalog)
+
+
+class DataError(ProjectError, ValueError):
     pass
 
 
@@ -53,12 +116,15 @@ def style_split(cfg: DataConfig, templates: dict) -> tuple[dict, dict]:
     for language in cfg.languages:
         for action in ACTIONS:
             ids = template_ids(templates, language, action) if cfg.backend == "offline" else STYLE_IDS
-            train[(language, action)], heldout[(language, action)] = split_heldout(ids, cfg.heldout_template_share, cfg.seed)
+            train[(language, action)], heldout[(language, action)] = split_heldout(
+                ids, cfg.heldout_template_share, cfg.seed
+            )
     return train, heldout
 
 
-def synthesize(cfg: DataConfig, catalog: Catalog, templates: dict | None = None, vocab: NoiseVocab | None = None,
-               client=None) -> tuple[dict[str, list[dict]], dict]:
+def synthesize(
+    cfg: DataConfig, catalog: Catalog, templates: dict | None = None, vocab: NoiseVocab | None = None, client=None
+) -> tuple[dict[str, list[dict]], dict]:
     """Produce the three splits and their stats from params alone (deterministic for a seed)."""
     templates = templates or load_templates()
     vocab = vocab or NoiseVocab.load()
@@ -67,6 +133,7 @@ def synthesize(cfg: DataConfig, catalog: Catalog, templates: dict | None = None,
         raise ParamError(f"params.yaml: data.languages: no templates for {missing}")
     rates = cfg.noise.rates()
     if cfg.backend == "offline":
+
         def write(spec, rng):
             return render_offline(spec, catalog, templates, rates, vocab, rng)
     else:
@@ -82,7 +149,9 @@ def synthesize(cfg: DataConfig, catalog: Catalog, templates: dict | None = None,
         counts = {"drawn": len(rows), "duplicates": 0, "excluded": 0, "rejected": 0}
     else:
         rng = random.Random(cfg.seed)
-        rows, counts = generate_rows(plan_specs(cfg, catalog, train_styles, rng), write, cfg.n_examples, rng)
+        rows, counts = generate_rows(
+            plan_specs(cfg.languages, cfg.quantity, catalog, train_styles, rng), write, cfg.n_examples, rng
+        )
     n_val = max(1, round(len(rows) * cfg.validation_share))
     splits = {"train": rows[n_val:], "validation": rows[:n_val]}
 
@@ -93,16 +162,18 @@ def synthesize(cfg: DataConfig, catalog: Catalog, templates: dict | None = None,
         eval_counts = {}
     else:
         rng = random.Random(cfg.eval_seed)
-        splits["eval"], eval_counts = generate_rows(plan_specs(cfg, catalog, heldout_styles, rng), write, cfg.n_eval,
-                                                    rng, exclude=seen)
+        splits["eval"], eval_counts = generate_rows(
+            plan_specs(cfg.languages, cfg.quantity, catalog, heldout_styles, rng), write, cfg.n_eval, rng, exclude=seen
+        )
     stats.update(dataset_stats(splits, counts, eval_counts, train_styles, heldout_styles))
     if isinstance(write, MetapromptWriter):
         stats["metaprompt"] = write.stats()
     return splits, stats
 
 
-def dataset_stats(splits: dict[str, list[dict]], counts: dict, eval_counts: dict,
-                  train_styles: dict, heldout_styles: dict) -> dict:
+def dataset_stats(
+    splits: dict[str, list[dict]], counts: dict, eval_counts: dict, train_styles: dict, heldout_styles: dict
+) -> dict:
     train = splits["train"]
     n_train_styles = sum(len(v) for v in train_styles.values())
     n_heldout = sum(len(v) for v in heldout_styles.values())
@@ -119,7 +190,10 @@ def dataset_stats(splits: dict[str, list[dict]], counts: dict, eval_counts: dict
         noise[kind] = share(eligible, lambda r, k=kind: k in r.get("noise", []))
     return {
         "rows": {name: len(rows) for name, rows in splits.items()},
-        "languages": {name: dict(sorted(Counter(r.get("language", "unknown") for r in rows).items())) for name, rows in splits.items()},
+        "languages": {
+            name: dict(sorted(Counter(r.get("language", "unknown") for r in rows).items()))
+            for name, rows in splits.items()
+        },
         "actions": {name: dict(sorted(Counter(r["action"] for r in rows).items())) for name, rows in splits.items()},
         "products": dict(sorted(Counter(r["product"] for r in train).items())),
         "n_products": len({r["product"] for r in train}),
@@ -146,7 +220,7 @@ def dataset_stats(splits: dict[str, list[dict]], counts: dict, eval_counts: dict
     }
 
 
-def summary(stats: dict) -> dict:
+def compact_stats(stats: dict) -> dict:
     """The stats without the per-split and per-product breakdowns."""
     compact = {k: v for k, v in stats.items() if k not in ("languages", "actions", "products", "dropped_examples")}
     compact["languages"] = stats["languages"]["train"]
@@ -154,21 +228,19 @@ def summary(stats: dict) -> dict:
     return compact
 
 
-def main() -> int:
-    try:
-        cfg = DataConfig.load()
-        catalog = load_catalog(cfg.catalog, cfg.languages)
-        splits, stats = synthesize(cfg, catalog)
-    except (ParamError, DataError, ValueError, RuntimeError) as err:
-        print(f"synthesize: error: {err}", file=sys.stderr)
-        return 1
+@stage_main("synthesize")
+def main() -> str:
+    cfg = DataConfig.load()
+    catalog = load_catalog(cfg.catalog, cfg.languages)
+    splits, stats = synthesize(cfg, catalog)
     for name, path in OUTPUTS.items():
         write_jsonl(path, splits[name])
-    write_json(DETAILS, stats)
-    write_json(STATS, summary(stats))
-    print(f"synthesize: {stats['rows']} rows, languages {stats['languages']['train']}, "
-          f"duplicate rate {stats['duplicate_rate']}, held-out template share {stats['heldout']['heldout_share']}")
-    return 0
+    write_json(DATA_DETAILS, stats)
+    write_json(DATA_STATS, compact_stats(stats))
+    return (
+        f"{stats['rows']} rows, languages {stats['languages']['train']}, "
+        f"duplicate rate {stats['duplicate_rate']}, held-out template share {stats['heldout']['heldout_share']}"
+    )
 
 
 if __name__ == "__main__":

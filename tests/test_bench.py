@@ -5,12 +5,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
-from stages.bench import one_repeat, prompt_ids, summarize
-from stages.config import BenchConfig
-from stages.hardware import fingerprint
-from stages.variants import resolve
+
+from ecommerce_slm.benchmark import BenchConfig, one_repeat, prompt_ids, summarize_repeats
+from ecommerce_slm.machine import fingerprint
+from ecommerce_slm.variants import resolve
 
 ROWS = [{"text": "Can you delet 12 lip balms for me?"}, {"text": "dodaj 3 kave u košaricu pls"}]
 
@@ -46,22 +45,31 @@ def test_transformers_repeat_does_the_same_work(tiny_model_dir, prompts):
 
 
 def fake_run(decode_seconds, energy=None):
-    return {"load_seconds": 1.0, "prompt_tokens": 100, "prompt_seconds": 0.5, "decode_tokens": 62,
-            "decode_seconds": decode_seconds, "rss_before_load_mib": 40.0, "rss_after_load_mib": 150.0,
-            "peak_rss_mib": 200.0, "energy_joules": energy, "energy_source": "rapl",
-            "energy_reason": None if energy else "/sys/class/powercap does not exist"}
+    return {
+        "load_seconds": 1.0,
+        "prompt_tokens": 100,
+        "prompt_seconds": 0.5,
+        "decode_tokens": 62,
+        "decode_seconds": decode_seconds,
+        "rss_before_load_mib": 40.0,
+        "rss_after_load_mib": 150.0,
+        "peak_rss_mib": 200.0,
+        "energy_joules": energy,
+        "energy_source": "rapl",
+        "energy_reason": None if energy else "/sys/class/powercap does not exist",
+    }
 
 
 def test_summary_reports_median_spread_bound_and_energy_reason():
     hardware = {"memory_bandwidth": {"best_gb_per_s": 40.0}}
     cfg = BenchConfig(repeats=3, new_tokens=32)
     runs = [fake_run(1.0), fake_run(0.5), fake_run(2.0)]
-    out = summarize(resolve("Q4_K_M"), runs, cfg, weights=100 * 10**6, hardware=hardware)
+    out = summarize_repeats(resolve("Q4_K_M"), runs, cfg, weights=100 * 10**6, hardware=hardware)
     assert out["generation_tokens_per_s"] == {"median": 62.0, "min": 31.0, "max": 124.0, "relative_spread": 1.5}
     assert out["bandwidth_bound_tokens_per_s"] == 400.0  # 40 GB/s over 100 MB of weights per token
     assert out["fraction_of_bound"] == 0.155
     assert out["energy"]["joules_per_generated_token"] is None and "powercap" in out["energy"]["reason"]
-    measured = summarize(resolve("F16"), [fake_run(1.0, energy=6.2)] * 3, cfg, 10**8, hardware)
+    measured = summarize_repeats(resolve("F16"), [fake_run(1.0, energy=6.2)] * 3, cfg, 10**8, hardware)
     assert measured["energy"]["joules_per_generated_token"]["median"] == 0.1
 
 
@@ -71,7 +79,9 @@ def project(tmp_path, tiny_model_dir):
     shutil.copytree(tiny_model_dir, tmp_path / "models" / "merged")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    (tmp_path / "params.yaml").write_text("bench: {repeats: 2, warmup: 1, prompts: 2, new_tokens: 4, threads: 2, device: cpu}\n")
+    (tmp_path / "params.yaml").write_text(
+        "bench: {repeats: 2, warmup: 1, prompts: 2, new_tokens: 4, threads: 2, device: cpu}\n"
+    )
     run_cli(["python", "-m", "stages.hardware"], cwd=tmp_path)
     return tmp_path
 
@@ -82,7 +92,11 @@ def test_bench_cli_writes_metrics_with_the_fingerprint(project):
     out = json.loads((project / "metrics" / "bench" / "merged.json").read_text())
     assert out["repeats"] == 2 and out["threads"] == 2 and out["engine"] == "transformers"
     assert out["hardware"]["cpu"] == fingerprint()["cpu"] and out["hardware"]["memory_bandwidth"]["best_gb_per_s"] > 0
-    assert out["generation_tokens_per_s"]["min"] <= out["generation_tokens_per_s"]["median"] <= out["generation_tokens_per_s"]["max"]
+    assert (
+        out["generation_tokens_per_s"]["min"]
+        <= out["generation_tokens_per_s"]["median"]
+        <= out["generation_tokens_per_s"]["max"]
+    )
     assert out["peak_rss_mib"]["median"] > 0 and out["file_mib"] > 0
 
 

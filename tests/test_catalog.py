@@ -1,7 +1,7 @@
 import pytest
 
-from stages.catalog import CatalogError, load_catalog
-from stages.language import hr_numeral_form, number_words, render_item
+from ecommerce_slm.catalog import CatalogError, load_catalog
+from ecommerce_slm.language import hr_numeral_form, number_words, render_item
 
 REQUIRED = """Lip Balm, Toothpaste, Shampoo, Conditioner, Hand Cream, Sunscreen, Deodorant, Face Mask, Body Lotion,
 Perfume, Coffee Beans, Green Tea, Olive Oil, Pasta, Rice, Chocolate Bar, Orange Juice, Mineral Water, Protein Bar,
@@ -48,8 +48,20 @@ def test_quantity_and_product_agree(catalog, language, product, n, style, expect
 
 
 def test_croatian_numeral_cases():
-    assert [hr_numeral_form(n) for n in (1, 2, 4, 5, 11, 12, 14, 21, 22, 25, 31, 44)] == \
-        ["one", "few", "few", "many", "many", "many", "many", "one", "few", "many", "one", "few"]
+    assert [hr_numeral_form(n) for n in (1, 2, 4, 5, 11, 12, 14, 21, 22, 25, 31, 44)] == [
+        "one",
+        "few",
+        "few",
+        "many",
+        "many",
+        "many",
+        "many",
+        "one",
+        "few",
+        "many",
+        "one",
+        "few",
+    ]
 
 
 def test_number_words():
@@ -62,7 +74,9 @@ def test_number_words():
 
 def test_bad_catalog_names_file_product_and_form(tmp_path):
     path = tmp_path / "catalog.yaml"
-    path.write_text("products:\n  - name: Soap\n    en: {one: soap, many: soaps}\n    hr: {gender: x, one: sapun, few: sapuna, many: sapuna}\n")
+    path.write_text(
+        "products:\n  - name: Soap\n    en: {one: soap, many: soaps}\n    hr: {gender: x, one: sapun, few: sapuna, many: sapuna}\n"
+    )
     with pytest.raises(CatalogError, match=r"catalog.yaml: products\[0\] \(Soap\).hr.gender: expected one of"):
         load_catalog(path, ["en", "hr"])
     with pytest.raises(CatalogError, match=r"\(Soap\).es: missing"):

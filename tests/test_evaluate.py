@@ -4,13 +4,17 @@ import json
 
 import pytest
 
-from stages.config import EvalApiConfig, EvalConfig
-from stages.evaluate import evaluate, kl_sequences, load_rows, main, mean_kl, pick_few_shot, EvalError
-from stages.engines import TransformersEngine
-from stages.variants import Variant, resolve
+from ecommerce_slm.engines import TransformersEngine
+from ecommerce_slm.evaluation import EvalConfig, EvalError, evaluate, kl_sequences, load_rows, mean_kl, pick_few_shot
+from ecommerce_slm.variants import Variant, resolve
+from stages.eval import main
+from stages.eval_api import EvalApiConfig
+from stages.eval_api import main as eval_api_main
 
-ROWS = [{"text": "add 2 shampoos", "action": "add", "product": "Shampoo", "quantity": 2, "language": "en"},
-        {"text": "makni ruksak", "action": "remove", "product": "Backpack", "quantity": 1}]
+ROWS = [
+    {"text": "add 2 shampoos", "action": "add", "product": "Shampoo", "quantity": 2, "language": "en"},
+    {"text": "makni ruksak", "action": "remove", "product": "Backpack", "quantity": 1},
+]
 
 
 def write_rows(path, rows=ROWS):
@@ -20,7 +24,10 @@ def write_rows(path, rows=ROWS):
 
 def test_cli_writes_metrics_details_and_errors(tiny_model_dir, tmp_path):
     out = tmp_path / "metrics" / "mine.json"
-    assert main(["--model", str(tiny_model_dir), "--data", str(write_rows(tmp_path / "mine.jsonl")), "--out", str(out)]) == 0
+    assert (
+        main(["--model", str(tiny_model_dir), "--data", str(write_rows(tmp_path / "mine.jsonl")), "--out", str(out)])
+        == 0
+    )
     metrics = json.loads(out.read_text())
     assert metrics["n"] == 2 and metrics["free"]["exact_match"] == 0.0  # a random model gets nothing right
     # constrained decoding makes even a random model's output valid JSON of the answer schema
@@ -35,12 +42,26 @@ def test_cli_writes_metrics_details_and_errors(tiny_model_dir, tmp_path):
 
 
 def test_cli_rejects_a_non_model_folder(tmp_path, capsys):
-    assert main(["--model", str(tmp_path), "--data", str(write_rows(tmp_path / "r.jsonl")), "--out", str(tmp_path / "m.json")]) == 1
+    assert (
+        main(
+            [
+                "--model",
+                str(tmp_path),
+                "--data",
+                str(write_rows(tmp_path / "r.jsonl")),
+                "--out",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 1
+    )
     assert "not a model folder" in capsys.readouterr().err
 
 
 def test_bad_row_names_file_line_and_field(tmp_path):
-    bad = write_rows(tmp_path / "bad.jsonl", ROWS + [{"text": "add soap", "action": "buy", "product": "Soap", "quantity": 1}])
+    bad = write_rows(
+        tmp_path / "bad.jsonl", ROWS + [{"text": "add soap", "action": "buy", "product": "Soap", "quantity": 1}]
+    )
     with pytest.raises(EvalError, match=r"bad.jsonl:3: action: expected one of"):
         load_rows(bad, None)
 
@@ -54,10 +75,16 @@ def test_variant_names():
 
 
 def test_few_shot_covers_languages_and_actions():
-    rows = [{"text": f"{lang} {action} {i}", "language": lang, "action": action, "product": "Soap", "quantity": 1}
-            for lang in ("en", "hr", "es") for action in ("add", "remove") for i in range(5)]
+    rows = [
+        {"text": f"{lang} {action} {i}", "language": lang, "action": action, "product": "Soap", "quantity": 1}
+        for lang in ("en", "hr", "es")
+        for action in ("add", "remove")
+        for i in range(5)
+    ]
     picked = pick_few_shot(rows, 6, seed=1)
-    assert {(r["language"], r["action"]) for r in picked} == {(l, a) for l in ("en", "hr", "es") for a in ("add", "remove")}
+    assert {(r["language"], r["action"]) for r in picked} == {
+        (lang, a) for lang in ("en", "hr", "es") for a in ("add", "remove")
+    }
     assert picked == pick_few_shot(rows, 6, seed=1)
 
 
@@ -72,7 +99,8 @@ def test_kl_is_zero_against_itself_and_positive_against_another_model(tiny_model
 def test_api_baseline_is_skipped_without_a_key(tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     out = tmp_path / "api.json"
-    assert main(["--variant", "api:gpt-4.1-nano", "--data", str(write_rows(tmp_path / "r.jsonl")), "--out", str(out)]) == 0
+    rows = str(write_rows(tmp_path / "r.jsonl"))
+    assert eval_api_main(["gpt-4.1-nano", "--data", rows, "--out", str(out)]) == 0
     assert json.loads(out.read_text())["skipped"] == "OPENAI_API_KEY is not set"
 
 
@@ -82,8 +110,14 @@ def test_api_baseline_against_local_server(local_server, monkeypatch):
     monkeypatch.setenv("LOCAL_KEY", "not-needed")
     api = EvalApiConfig(base_url=local_server, api_key_env="LOCAL_KEY", max_attempts=2, schema_format="json_object")
     examples = [{"text": "add a soap", "action": "add", "product": "Soap", "quantity": 1, "language": "en"}]
-    metrics, _, errors = evaluate(Variant("api:smollm2", "api", "smollm2", few_shot=True), ROWS[:1],
-                                  EvalConfig(decoding=["free", "json_schema"], max_new_tokens=32), examples, None, api)
+    metrics, _, errors = evaluate(
+        Variant("api:smollm2", "api", "smollm2", few_shot=True),
+        ROWS[:1],
+        EvalConfig(decoding=["free", "json_schema"], max_new_tokens=32),
+        examples,
+        None,
+        api,
+    )
     assert metrics["n"] == 1 and metrics["kl_from_merged"] is None and "API" in metrics["kl_note"]
     assert metrics["json_schema"]["json_valid"] == 1.0  # the server enforced the schema
     assert all(e["raw"] is not None for e in errors)

@@ -2,11 +2,11 @@
 
 import pytest
 
-from stages.config import GgufConfig, ParamError
+from ecommerce_slm.gguf_file import GgufConfig, chat_template, describe
+from ecommerce_slm.params import ParamError
+from ecommerce_slm.task import prompt_messages
 from stages.convert_gguf import ConvertError, convert, converter_path
-from stages.gguf_file import chat_template, describe
 from stages.quantize_gguf import quantize
-from stages.task import prompt_messages
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,9 @@ def test_chat_template_and_special_tokens_survive_conversion(wide_f16, real_toke
     template = chat_template(wide_f16)
     assert template == real_tokenizer.chat_template
     messages = prompt_messages("Bok, ubaci dvije paste za zube u košaricu pls 🛒")
-    expected = real_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    expected = real_tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
     llm = llama_cpp.Llama(str(wide_f16), vocab_only=True, verbose=False)
     eos = llm.detokenize([llm.token_eos()], special=True).decode()
     bos = llm.detokenize([llm.token_bos()], special=True).decode()

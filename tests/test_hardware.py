@@ -2,7 +2,7 @@
 
 import json
 
-from stages.hardware import NvmlEnergyReader, RaplReader, cpu_info, fingerprint, memory_bandwidth, same_machine
+from ecommerce_slm.machine import NvmlEnergyReader, RaplReader, cpu_info, fingerprint, memory_bandwidth, same_machine
 
 CPUINFO = """processor\t: 0
 model name\t: Test CPU 9000

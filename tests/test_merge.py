@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from stages.config import MergeConfig, ParamError
-from stages.merge import MergeError, merge, non_float_tensors, save_merged
+from ecommerce_slm.params import ParamError
+from stages.merge import MergeConfig, MergeError, merge, non_float_tensors, save_merged
 
 
 @pytest.fixture(scope="module")
@@ -13,9 +13,10 @@ def adapter_dir(tiny_model_dir, tmp_path_factory):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                                      init_lora_weights=False))  # random B: merging must change the weights
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False),
+    )  # random B: merging must change the weights
     out = tmp_path_factory.mktemp("adapter")
     model.save_pretrained(out)
     return out

@@ -1,13 +1,11 @@
 """The metaprompting backend: the checks on LLM text, and a real run against llama-cpp-python's server."""
 
 import pytest
-
-from stages.config import DataConfig
-from stages.generator import Spec
-from stages.metaprompt import EndpointError, MetapromptWriter, check_text, detect_language, language_markers
-from stages.synthesize import synthesize
-
 from conftest import free_port
+
+from ecommerce_slm.generator import Spec
+from ecommerce_slm.metaprompt import EndpointError, MetapromptWriter, check_text, detect_language, language_markers
+from stages.synthesize import DataConfig, synthesize
 
 
 @pytest.fixture(scope="module")
@@ -59,22 +57,46 @@ def test_openai_endpoint_needs_a_key(catalog, templates, vocab, monkeypatch):
 
 def test_unreachable_endpoint_fails_loudly(catalog, tmp_path):
     port = free_port()  # nothing listens here
-    cfg = DataConfig.from_dict({"backend": "metaprompt", "languages": ["en"], "n_examples": 2, "n_eval": 1,
-                                "metaprompt": {"base_url": f"http://127.0.0.1:{port}/v1", "max_attempts": 2,
-                                               "backoff_seconds": 0.01, "cache_dir": str(tmp_path / "cache")}})
+    cfg = DataConfig.from_dict(
+        {
+            "backend": "metaprompt",
+            "languages": ["en"],
+            "n_examples": 2,
+            "n_eval": 1,
+            "metaprompt": {
+                "base_url": f"http://127.0.0.1:{port}/v1",
+                "max_attempts": 2,
+                "backoff_seconds": 0.01,
+                "cache_dir": str(tmp_path / "cache"),
+            },
+        }
+    )
     with pytest.raises(EndpointError, match="no answer after 2 attempts"):
         synthesize(cfg, catalog)
 
 
 @pytest.mark.slow
 def test_metaprompt_against_local_server(local_server, catalog, tmp_path):
-    cfg = DataConfig.from_dict({"backend": "metaprompt", "languages": ["en"], "n_examples": 4, "n_eval": 2,
-                                "metaprompt": {"base_url": local_server, "model": "smollm2", "temperature": 0.8,
-                                               "max_attempts": 4, "cache_dir": str(tmp_path / "cache")}})
+    cfg = DataConfig.from_dict(
+        {
+            "backend": "metaprompt",
+            "languages": ["en"],
+            "n_examples": 4,
+            "n_eval": 2,
+            "metaprompt": {
+                "base_url": local_server,
+                "model": "smollm2",
+                "temperature": 0.8,
+                "max_attempts": 4,
+                "cache_dir": str(tmp_path / "cache"),
+            },
+        }
+    )
     splits, stats = synthesize(cfg, catalog)
     assert {k: len(v) for k, v in splits.items()} == {"train": 3, "validation": 1, "eval": 2}
     assert stats["metaprompt"]["requests_sent"] >= 6
-    from stages.metaprompt import STYLE_IDS
+    from ecommerce_slm.metaprompt import STYLE_IDS
+
     for rows in splits.values():
         for row in rows:
             assert row["style"] in STYLE_IDS and row["text"]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from stages.pareto import Point, dominates, frontier
+from ecommerce_slm.pareto import Point, dominates, frontier
 
 
 def test_lower_cost_frontier():

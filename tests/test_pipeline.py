@@ -3,11 +3,24 @@
 import configparser
 
 import yaml
-
 from conftest import ROOT, run_cli
 
-EXPECTED_STAGES = {"prepare_base", "synthesize", "train", "merge", "quantize_gptq", "convert_gguf", "quantize_gguf", "eval",
-                   "eval_gguf", "eval_api", "hardware", "bench", "bench_gguf", "report"}
+EXPECTED_STAGES = {
+    "prepare_base",
+    "synthesize",
+    "train",
+    "merge",
+    "quantize_gptq",
+    "convert_gguf",
+    "quantize_gguf",
+    "eval",
+    "eval_gguf",
+    "eval_api",
+    "hardware",
+    "bench",
+    "bench_gguf",
+    "report",
+}
 
 
 def test_dag_is_valid_and_has_the_stages():
@@ -28,8 +41,13 @@ def test_repro_dry_run_succeeds():
 
 def test_report_is_downstream_of_every_eval_and_bench():
     out = run_cli(["dvc", "dag", "--outs", "--dot", "report"]).stdout
-    for path in ("metrics/eval/Q4_K_M.json", "metrics/eval/gptq.json", "metrics/bench/merged.json",
-                 "metrics/bench/Q3_K_M.json", "metrics/hardware.json"):
+    for path in (
+        "metrics/eval/Q4_K_M.json",
+        "metrics/eval/gptq.json",
+        "metrics/bench/merged.json",
+        "metrics/bench/Q3_K_M.json",
+        "metrics/hardware.json",
+    ):
         assert f'"{path}"' in out, path
 
 
@@ -64,12 +82,12 @@ def test_each_stage_declares_the_params_section_it_reads():
 
 
 def test_paper_preset_is_valid_and_matches_its_one_liner():
-    from stages.config import TrainConfig
+    from stages.train import TrainConfig
 
     text = (ROOT / "presets" / "paper.yaml").read_text()
     preset = yaml.safe_load(text)["train"]
     TrainConfig.from_dict(preset)
-    line = next(l for l in text.splitlines() if "dvc exp run" in l)
+    line = next(row for row in text.splitlines() if "dvc exp run" in row)
     flags = dict(f.split("=", 1) for f in line.split("-S ")[1:])
     assert {k.strip().removeprefix("train."): yaml.safe_load(v) for k, v in flags.items()} == preset
 
@@ -79,3 +97,13 @@ def test_dvc_config_sends_nothing_home():
     config.read(ROOT / ".dvc" / "config")
     assert config["core"]["analytics"] == "false"
     assert config["core"]["check_update"] == "false"
+
+
+def test_dvc_yaml_variant_lists_match_the_variants_module():
+    from ecommerce_slm.variants import MEASURED_VARIANTS, REFERENCE_VARIANTS, resolve
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert set(stages["eval"]["foreach"]) == {*MEASURED_VARIANTS, *REFERENCE_VARIANTS}
+    assert set(stages["bench"]["foreach"]) == set(MEASURED_VARIANTS)
+    for name, location in {**stages["eval"]["foreach"], **stages["bench"]["foreach"]}.items():
+        assert resolve(name).location == location, name

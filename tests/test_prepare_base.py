@@ -2,11 +2,10 @@ import json
 import shutil
 
 import pytest
-
-from stages.config import BaseConfig, ParamError
-from stages.prepare_base import ModelSourceError, load_base, resolve_source, save_base
-
 from conftest import ROOT, run_cli
+
+from ecommerce_slm.params import ParamError
+from stages.prepare_base import BaseConfig, ModelSourceError, load_base, resolve_source, save_base
 
 
 def test_embedded_source_is_found_in_the_wheel():

@@ -1,9 +1,9 @@
 """Removing an item from a matrix leaves no stale lock entry or output behind."""
 
 import pytest
-
-from stages.prune import prune, stale_entries
 from conftest import run_cli
+
+from tools.prune import prune, stale_entries
 
 DVC_YAML = """stages:
   q:

@@ -5,9 +5,10 @@ import json
 import pytest
 import torch
 
-from stages.config import GptqConfig, ParamError
-from stages.files import write_jsonl
-from stages.quantize_gptq import GptqError, calibration_texts, check_group_size, load_gptq, quantize
+from ecommerce_slm.files import write_jsonl
+from ecommerce_slm.gptq import GptqError, load_gptq
+from ecommerce_slm.params import ParamError
+from stages.quantize_gptq import GptqConfig, calibration_texts, check_group_size, quantize
 
 SMOLLM2_135M = {"hidden_size": 576, "num_attention_heads": 9, "head_dim": 64, "intermediate_size": 1536}
 
@@ -29,7 +30,11 @@ def test_bad_gptq_params():
 def test_calibration_is_seeded_and_holds_prompt_and_answer(real_tokenizer):
     rows = [{"text": f"add {i} soaps", "action": "add", "product": "Soap", "quantity": i} for i in range(1, 30)]
     first = calibration_texts(rows, real_tokenizer, 5, seed=1)
-    assert first == calibration_texts(rows, real_tokenizer, 5, seed=1) != calibration_texts(rows, real_tokenizer, 5, seed=2)
+    assert (
+        first
+        == calibration_texts(rows, real_tokenizer, 5, seed=1)
+        != calibration_texts(rows, real_tokenizer, 5, seed=2)
+    )
     assert '"action": "add"' in first[0] and "soaps" in first[0]
     with pytest.raises(GptqError, match="training split has 29 rows"):
         calibration_texts(rows, real_tokenizer, 30, seed=1)
@@ -40,8 +45,13 @@ def test_checkpoint_reloads_as_gptq_close_to_full_precision(tiny_wide_model_dir,
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     train = tmp_path / "train.jsonl"
-    write_jsonl(train, [{"text": f"please add {i} bars of soap", "action": "add", "product": "Soap", "quantity": i}
-                        for i in range(1, 41)])
+    write_jsonl(
+        train,
+        [
+            {"text": f"please add {i} bars of soap", "action": "add", "product": "Soap", "quantity": i}
+            for i in range(1, 41)
+        ],
+    )
     info = quantize(GptqConfig(calibration_samples=32, device="cpu"), tiny_wide_model_dir, train, tmp_path / "gptq")
     assert info["bits"] == 4 and info["group_size"] == 64 and info["quantize_seconds"] > 0
     saved = json.loads((tmp_path / "gptq" / "config.json").read_text())["quantization_config"]
@@ -59,6 +69,7 @@ def test_checkpoint_reloads_as_gptq_close_to_full_precision(tiny_wide_model_dir,
     broken = LlamaForCausalLM.from_pretrained(tmp_path / "gptq", config=plain_config).eval()
     with torch.no_grad():
         expected, ours, theirs = (m(**batch).logits for m in (full, reloaded, broken))
+
     def relative_error(logits):
         return ((logits.float() - expected).abs().mean() / expected.abs().mean()).item()
 

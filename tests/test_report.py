@@ -5,18 +5,22 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
-from stages.browser_check import BrowserError, check_pages, find_chromium
-from stages.hardware import fingerprint
+
+from ecommerce_slm.machine import fingerprint
 from stages.report import AXES, ReportError, build_summary, markdown, pareto_data, vega_spec, write_report
+from tools.browser_check import BrowserError, check_pages, find_chromium
 
 TEMPLATE_DIR = ROOT / ".dvc" / "plots"
 HARDWARE = {**fingerprint(), "memory_bandwidth": {"best_gb_per_s": 40.0}}
 # variant: (exact free, exact schema, KL, MiB, tok/s, peak RSS)
-VARIANTS = {"merged": (0.58, 0.60, 0.0, 513.2, 18.0, 980.0), "gptq": (0.54, 0.56, 0.0115, 109.3, 42.0, 1066.0),
-            "F16": (0.58, 0.60, 1e-6, 258.3, 80.0, 390.0), "Q4_K_M": (0.56, 0.57, 0.0035, 100.6, 140.0, 227.0),
-            "Q3_K_M": (0.48, 0.51, 0.0274, 89.2, 130.0, 215.0)}
+VARIANTS = {
+    "merged": (0.58, 0.60, 0.0, 513.2, 18.0, 980.0),
+    "gptq": (0.54, 0.56, 0.0115, 109.3, 42.0, 1066.0),
+    "F16": (0.58, 0.60, 1e-6, 258.3, 80.0, 390.0),
+    "Q4_K_M": (0.56, 0.57, 0.0035, 100.6, 140.0, 227.0),
+    "Q3_K_M": (0.48, 0.51, 0.0274, 89.2, 130.0, 215.0),
+}
 
 
 def spread(v):
@@ -26,20 +30,36 @@ def spread(v):
 def write_metrics(root: Path, variants=VARIANTS, hardware=HARDWARE) -> Path:
     metrics = root / "metrics"
     for name, (free, schema, kl, mib, tps, rss) in variants.items():
-        ev = {"variant": name, "n": 300, "free": {"exact_match": free, "lenient_match": free, "json_valid": 1.0},
-              "json_schema": {"exact_match": schema, "lenient_match": schema, "json_valid": 1.0}, "kl_from_merged": kl}
-        bench = {"variant": name, "engine": "llama_cpp" if name[0] in "FQ" else "transformers", "device": "cpu",
-                 "threads": 2, "repeats": 5, "file_mib": mib, "load_seconds": spread(0.5),
-                 "prompt_tokens_per_s": spread(500.0), "generation_tokens_per_s": spread(tps),
-                 "peak_rss_mib": spread(rss), "fraction_of_bound": 0.3,
-                 "energy": {"source": "rapl", "joules_per_generated_token": None, "reason": "no RAPL here"},
-                 "hardware": hardware}
+        ev = {
+            "variant": name,
+            "n": 300,
+            "free": {"exact_match": free, "lenient_match": free, "json_valid": 1.0},
+            "json_schema": {"exact_match": schema, "lenient_match": schema, "json_valid": 1.0},
+            "kl_from_merged": kl,
+        }
+        bench = {
+            "variant": name,
+            "engine": "llama_cpp" if name[0] in "FQ" else "transformers",
+            "device": "cpu",
+            "threads": 2,
+            "repeats": 5,
+            "file_mib": mib,
+            "load_seconds": spread(0.5),
+            "prompt_tokens_per_s": spread(500.0),
+            "generation_tokens_per_s": spread(tps),
+            "peak_rss_mib": spread(rss),
+            "fraction_of_bound": 0.3,
+            "energy": {"source": "rapl", "joules_per_generated_token": None, "reason": "no RAPL here"},
+            "hardware": hardware,
+        }
         for sub, obj in (("eval", ev), ("bench", bench)):
             (metrics / sub).mkdir(parents=True, exist_ok=True)
             (metrics / sub / f"{name}.json").write_text(json.dumps(obj))
     (metrics / "variants").mkdir(exist_ok=True)
     (metrics / "variants" / "F16.json").write_text(json.dumps({"parameters": 134515008, "bits_per_weight": 16.0}))
-    (metrics / "eval" / "api-gpt-4.1.json").write_text(json.dumps({"variant": "api:gpt-4.1", "skipped": "OPENAI_API_KEY is not set"}))
+    (metrics / "eval" / "api-gpt-4.1.json").write_text(
+        json.dumps({"variant": "api:gpt-4.1", "skipped": "OPENAI_API_KEY is not set"})
+    )
     return metrics
 
 
@@ -78,9 +98,14 @@ def test_results_from_two_machines_are_never_mixed(tmp_path):
 
 
 def test_plot_data_marks_frontier_and_dominated():
-    rows = [{"variant": "a", "peak_rss_mib": 100.0, "exact_match": 0.5}, {"variant": "b", "peak_rss_mib": 200.0, "exact_match": 0.4}]
-    assert pareto_data(rows, AXES[0]) == [{"variant": "a", "peak_rss_mib": 100.0, "exact_match": 0.5, "pareto": "frontier"},
-                                          {"variant": "b", "peak_rss_mib": 200.0, "exact_match": 0.4, "pareto": "dominated"}]
+    rows = [
+        {"variant": "a", "peak_rss_mib": 100.0, "exact_match": 0.5},
+        {"variant": "b", "peak_rss_mib": 200.0, "exact_match": 0.4},
+    ]
+    assert pareto_data(rows, AXES[0]) == [
+        {"variant": "a", "peak_rss_mib": 100.0, "exact_match": 0.5, "pareto": "frontier"},
+        {"variant": "b", "peak_rss_mib": 200.0, "exact_match": 0.4, "pareto": "dominated"},
+    ]
 
 
 def test_png_spec_is_the_one_dvc_fills_from_the_template():
@@ -117,7 +142,7 @@ def pages(tmp_path_factory):
     """The plotly report and a `dvc plots show` page, with and without the offline template."""
     from dvc_render import VegaRenderer, render_html
 
-    from stages.plots_page import offline_page
+    from tools.plots_page import offline_page
 
     root = tmp_path_factory.mktemp("pages")
     metrics = write_metrics(root)
@@ -126,9 +151,17 @@ def pages(tmp_path_factory):
     template_dir = root / "templates"
     template_dir.mkdir()
     shutil.copy(ROOT / ".dvc" / "plots" / "pareto.json", template_dir)
-    renderers = [VegaRenderer([dict(d, rev="workspace") for d in json.loads((metrics / "pareto" / f"{a.name}.json").read_text())],
-                              a.name, template="pareto", template_dir=str(template_dir), x=a.name, y="exact_match")
-                 for a in AXES]
+    renderers = [
+        VegaRenderer(
+            [dict(d, rev="workspace") for d in json.loads((metrics / "pareto" / f"{a.name}.json").read_text())],
+            a.name,
+            template="pareto",
+            template_dir=str(template_dir),
+            x=a.name,
+            y="exact_match",
+        )
+        for a in AXES
+    ]
     (root / "offline.html").write_text(offline_page())
     render_html(renderers, root / "dvc_offline" / "index.html", html_template=str(root / "offline.html"))
     render_html(renderers, root / "dvc_cdn" / "index.html")  # DVC's default page: vega from a CDN

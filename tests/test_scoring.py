@@ -1,6 +1,6 @@
 import pytest
 
-from stages.scoring import parse_answer, score_one, summarize
+from ecommerce_slm.scoring import accuracy_summary, parse_answer, score_one
 
 TRUTH = {"action": "remove", "product": "Lip Balm", "quantity": 12}
 EXACT = '{"action": "remove", "product": "Lip Balm", "quantity": 12}'
@@ -42,7 +42,7 @@ def test_parse_errors_are_named():
 def test_summary_by_language_and_action():
     rows = [{**TRUTH, "language": "en"}, {**TRUTH, "language": "hr"}, {**TRUTH, "action": "add", "language": "hr"}]
     scores = [score_one(EXACT, TRUTH), score_one("oops", TRUTH), score_one(EXACT.replace("remove", "add"), rows[2])]
-    summary = summarize(rows, scores)
+    summary = accuracy_summary(rows, scores)
     assert summary["exact_match"] == pytest.approx(2 / 3, abs=1e-4)
     assert summary["by_language"] == {"en": 1.0, "hr": 0.5}
     assert summary["by_action"] == {"add": 1.0, "remove": 0.5}

@@ -4,10 +4,9 @@ import random
 
 import pytest
 
-from stages.config import DataConfig
-from stages.generator import quantity_weights, template_ids
-from stages.noise import NOISE_TYPES, add_noise, typo
-from stages.synthesize import DataError, load_rows, synthesize
+from ecommerce_slm.generator import quantity_weights, template_ids
+from ecommerce_slm.noise import NOISE_TYPES, add_noise, typo
+from stages.synthesize import DataConfig, DataError, load_rows, synthesize
 
 
 def small_config(**overrides):
@@ -39,7 +38,7 @@ def test_default_sizes_languages_and_actions(default_data):
 
 
 def test_every_row_is_valid(default_data, catalog):
-    from stages.task import validate_row
+    from ecommerce_slm.task import validate_row
 
     for rows in default_data[0].values():
         for row in rows:
@@ -67,7 +66,15 @@ def test_at_least_25_templates_per_language_and_action(templates):
 
 
 def test_each_noise_type_appears_at_its_rate(catalog):
-    rates = {"typo": 0.3, "slang": 0.2, "greeting": 0.25, "emoji": 0.15, "brand": 0.1, "code_switch": 0.35, "casing": 0.05}
+    rates = {
+        "typo": 0.3,
+        "slang": 0.2,
+        "greeting": 0.25,
+        "emoji": 0.15,
+        "brand": 0.1,
+        "code_switch": 0.35,
+        "casing": 0.05,
+    }
     splits, stats = synthesize(small_config(n_examples=3000, noise=rates), catalog)
     rows = splits["train"]
     for kind in NOISE_TYPES:
@@ -107,11 +114,13 @@ def test_quantities_mostly_small_with_a_long_tail(default_data):
     assert styles == {"implicit", "digits", "words"}
     implicit = [r for r in rows if r["quantity_style"] == "implicit"]
     assert all(r["quantity"] == 1 and not any(c.isdigit() for c in r["text"]) for r in implicit)
-    assert any("a dozen" in r["text"].lower() or "tucet" in r["text"].lower() or "docena" in r["text"].lower() for r in rows)
+    assert any(
+        "a dozen" in r["text"].lower() or "tucet" in r["text"].lower() or "docena" in r["text"].lower() for r in rows
+    )
 
 
 def test_quantity_weights_normalised_and_decreasing():
-    from stages.config import QuantityConfig
+    from ecommerce_slm.generator import QuantityConfig
 
     w = quantity_weights(QuantityConfig())
     assert sum(w) == pytest.approx(1.0)
@@ -127,6 +136,7 @@ def test_stats_report_counts_and_duplicates(default_data):
 
 
 # --- bring your own data -------------------------------------------------------------------
+
 
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -196,7 +206,7 @@ def test_missing_source_file(tmp_path, catalog):
 
 
 def test_metrics_summary_stays_compact(default_data):
-    from stages.synthesize import summary
+    from stages.synthesize import compact_stats as summary
 
     compact = summary(default_data[1])
     assert "products" not in compact and compact["n_products"] >= 60

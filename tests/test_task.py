@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from stages.task import ANSWER_FIELDS, Intent, InvalidRow, answer_schema, prompt_messages, validate_row
+from ecommerce_slm.task import ANSWER_FIELDS, Intent, InvalidRow, answer_schema, prompt_messages, validate_row
 
 PRODUCTS = {"Lip Balm", "Shampoo"}
 
@@ -25,7 +25,9 @@ def test_prompt_has_system_and_user_turns():
 
 
 def test_valid_row_is_normalised():
-    row = validate_row({"text": " add 2 ", "action": "add", "product": "Shampoo", "quantity": "2", "extra": 1}, PRODUCTS)
+    row = validate_row(
+        {"text": " add 2 ", "action": "add", "product": "Shampoo", "quantity": "2", "extra": 1}, PRODUCTS
+    )
     assert row["quantity"] == 2 and row["text"] == "add 2" and row["extra"] == 1
 
 

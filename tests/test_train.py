@@ -6,15 +6,17 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from stages.config import ParamError, TrainConfig
-from stages.train import to_prompt_completion, train
+from ecommerce_slm.params import ParamError
+from stages.train import TrainConfig, to_prompt_completion, train
 
 ROWS = [
     {"text": f"please add {n} {item}", "action": "add", "product": product, "quantity": n}
-    for n in range(1, 9) for item, product in (("shampoos", "Shampoo"), ("lip balms", "Lip Balm"))
+    for n in range(1, 9)
+    for item, product in (("shampoos", "Shampoo"), ("lip balms", "Lip Balm"))
 ] + [
     {"text": f"remove {n} {item}", "action": "remove", "product": product, "quantity": n}
-    for n in range(1, 9) for item, product in (("socks", "Socks"), ("umbrellas", "Umbrella"))
+    for n in range(1, 9)
+    for item, product in (("socks", "Socks"), ("umbrellas", "Umbrella"))
 ]
 
 
@@ -26,16 +28,36 @@ def train_file(tmp_path):
 
 
 def tiny_cfg(**overrides):
-    values = dict(quantization="none", lora_r=8, lora_alpha=16, lora_dropout=0.0, max_steps=12, batch_size=8,
-                  learning_rate=3e-3, warmup_ratio=0.0, scheduler="constant", save_steps=5, eval_steps=100,
-                  logging_steps=1, max_length=128, threads=2)
+    values = dict(
+        quantization="none",
+        lora_r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        max_steps=12,
+        batch_size=8,
+        learning_rate=3e-3,
+        warmup_ratio=0.0,
+        scheduler="constant",
+        save_steps=5,
+        eval_steps=100,
+        logging_steps=1,
+        max_length=128,
+        threads=2,
+    )
     return TrainConfig(**{**values, **overrides})
 
 
 def run(tiny_model_dir, train_file, tmp_path, cfg, callbacks=()):
-    return train(cfg, base_dir=tiny_model_dir, train_file=train_file, validation_file=None,
-                 adapter_dir=tmp_path / "adapter", checkpoint_dir=tmp_path / "ckpt", live_dir=tmp_path / "live",
-                 callbacks=callbacks)
+    return train(
+        cfg,
+        base_dir=tiny_model_dir,
+        train_file=train_file,
+        validation_file=None,
+        adapter_dir=tmp_path / "adapter",
+        checkpoint_dir=tmp_path / "ckpt",
+        live_dir=tmp_path / "live",
+        callbacks=callbacks,
+    )
 
 
 class LossRecorder(TrainerCallback):
@@ -49,8 +71,12 @@ class LossRecorder(TrainerCallback):
 
 @pytest.mark.parametrize("quantization", ["none", "nf4"])
 def test_a_few_steps_give_finite_falling_loss(tiny_model_dir, train_file, tmp_path, quantization):
+    import trl.trainer.utils as trl_utils
+
+    shipped = trl_utils._use_triton
     recorder = LossRecorder()
     summary = run(tiny_model_dir, train_file, tmp_path, tiny_cfg(quantization=quantization), [recorder])
+    assert trl_utils._use_triton is shipped  # the private switch is patched only while training
     losses = recorder.losses
     assert len(losses) == 12 and all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
@@ -68,17 +94,20 @@ def test_loss_covers_only_the_completion(tiny_model_dir, train_file, tmp_path, r
     from stages.train import lora_config, sft_config
 
     cfg = tiny_cfg()
-    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                         args=sft_config(cfg, tmp_path / "out", has_eval=False),
-                         train_dataset=to_prompt_completion(ROWS[:4]), processing_class=real_tokenizer,
-                         peft_config=lora_config(cfg))
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        args=sft_config(cfg, tmp_path / "out", has_eval=False),
+        train_dataset=to_prompt_completion(ROWS[:4]),
+        processing_class=real_tokenizer,
+        peft_config=lora_config(cfg),
+    )
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     for i, row in enumerate(ROWS[:4]):
         labels = batch["labels"][i]
         learned = real_tokenizer.decode(labels[labels != -100])
         expected = json.dumps({"action": row["action"], "product": row["product"], "quantity": row["quantity"]})
         assert learned.startswith(expected)
-        assert learned[len(expected):].strip() in ("<|im_end|>", "")
+        assert learned[len(expected) :].strip() in ("<|im_end|>", "")
         prompt_len = int((labels == -100).sum())
         assert prompt_len > 10  # system + user turns are masked
         assert row["text"] not in learned
@@ -115,10 +144,12 @@ def test_unknown_target_module(tiny_model_dir, train_file, tmp_path):
 
 @pytest.mark.parametrize(
     "values, message",
-    [({"lora_r": 0}, "train.lora_r: expected a positive integer"),
-     ({"quantization": "int3"}, "train.quantization: expected nf4 or none"),
-     ({"learning_rate": 0}, "train.learning_rate: expected a number in (0, 1)"),
-     ({"launcher": "slurm"}, "train.launcher: expected python or accelerate")],
+    [
+        ({"lora_r": 0}, "train.lora_r: expected a positive integer"),
+        ({"quantization": "int3"}, "train.quantization: expected nf4 or none"),
+        ({"learning_rate": 0}, "train.learning_rate: expected a number in (0, 1)"),
+        ({"launcher": "slurm"}, "train.launcher: expected python or accelerate"),
+    ],
 )
 def test_bad_train_params(values, message):
     with pytest.raises(ParamError) as err:
@@ -137,19 +168,25 @@ def test_scoring_only_the_completion_keeps_loss_and_gradients(tiny_model_dir, re
     import trl.trainer.utils as trl_utils
     from transformers import AutoModelForCausalLM
 
-    from stages.train import score_completion_tokens_only
+    from stages.train import completion_tokens_only_scoring
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     trl_utils.add_fused_lm_head(model, outputs=("log_probs",))
-    batch = real_tokenizer(["please add 3 shampoos {\"action\": \"add\"}", "remove 2 socks {\"action\": \"remove\", \"quantity\": 2}"],
-                           return_tensors="pt", padding=True)
+    batch = real_tokenizer(
+        ['please add 3 shampoos {"action": "add"}', 'remove 2 socks {"action": "remove", "quantity": 2}'],
+        return_tensors="pt",
+        padding=True,
+    )
     labels = batch["input_ids"].clone()
     labels[:, :6] = -100  # the "prompt"
     labels[batch["attention_mask"] == 0] = -100
     scored_rows = []
     apply = trl_utils._ChunkedLogProbFunction.apply
-    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply",
-                        lambda hidden, *rest: scored_rows.append(hidden.shape[0]) or apply(hidden, *rest))
+    monkeypatch.setattr(
+        trl_utils._ChunkedLogProbFunction,
+        "apply",
+        lambda hidden, *rest: scored_rows.append(hidden.shape[0]) or apply(hidden, *rest),
+    )
 
     def loss_and_grad():
         model.zero_grad()
@@ -157,10 +194,11 @@ def test_scoring_only_the_completion_keeps_loss_and_gradients(tiny_model_dir, re
         loss.backward()
         return loss.item(), model.model.layers[0].mlp.down_proj.weight.grad.clone()
 
-    monkeypatch.setattr(trl_utils, "_use_triton", kernels._use_triton)  # trl as shipped (train() may have patched it)
+    assert trl_utils._use_triton is kernels._use_triton  # trl as shipped: train() restores it
     full_loss, full_grad = loss_and_grad()
-    score_completion_tokens_only()
-    compact_loss, compact_grad = loss_and_grad()
+    with completion_tokens_only_scoring():
+        compact_loss, compact_grad = loss_and_grad()
+    assert trl_utils._use_triton is kernels._use_triton  # restored on leaving
     shifted = labels[:, 1:]
     assert scored_rows == [shifted.numel(), int((shifted != -100).sum())]
     assert compact_loss == pytest.approx(full_loss, rel=1e-5)
@@ -168,20 +206,50 @@ def test_scoring_only_the_completion_keeps_loss_and_gradients(tiny_model_dir, re
 
 
 def test_train_step_bench_times_each_step(tiny_model_dir, train_file):
-    from stages.train_step_bench import parse_variant, step_times, summarize
+    from tools.train_step_bench import parse_variant, step_time_summary, step_times
 
-    name, cfg = parse_variant("drop=lora_dropout=0.1,target_modules=[q_proj,v_proj],quantization=none,double_quant=false",
-                              tiny_cfg())
-    assert (name, cfg.lora_dropout, cfg.target_modules, cfg.quantization, cfg.double_quant) == \
-        ("drop", 0.1, ["q_proj", "v_proj"], "none", False)
+    name, cfg = parse_variant(
+        "drop=lora_dropout=0.1,target_modules=[q_proj,v_proj],quantization=none,double_quant=false", tiny_cfg()
+    )
+    assert (name, cfg.lora_dropout, cfg.target_modules, cfg.quantization, cfg.double_quant) == (
+        "drop",
+        0.1,
+        ["q_proj", "v_proj"],
+        "none",
+        False,
+    )
     assert parse_variant("default", tiny_cfg())[1] == tiny_cfg()
     with pytest.raises(ParamError, match=r"--variant x: train.lora_rank: unknown key"):
         parse_variant("x=lora_rank=8", tiny_cfg())
-    with pytest.raises(ParamError, match="train.lora_r: expected a positive integer"):
+    with pytest.raises(ParamError, match="train.lora_r: expected an integer, got 0.5"):
         parse_variant("x=lora_r=0.5", tiny_cfg())
+    with pytest.raises(ParamError, match="train.lora_r: expected a positive integer, got 0"):
+        parse_variant("x=lora_r=0", tiny_cfg())
     with pytest.raises(ParamError, match="expected name=key=value"):
         parse_variant("x=lora_r", tiny_cfg())
     times = step_times(cfg, 4, base_dir=tiny_model_dir, train_file=train_file)
     assert len(times) == 4 and all(t > 0 for t in times)
-    summary = summarize([9.0, 5.0, 1.0, 3.0, 2.0])
+    summary = step_time_summary([9.0, 5.0, 1.0, 3.0, 2.0])
     assert summary == {"median_seconds_per_step": 2.0, "min": 1.0, "max": 3.0, "steps_timed": 3}
+
+
+@pytest.mark.parametrize(
+    "name, flags, expected",
+    [
+        ("auto", ["avx2", "fma"], "float32"),  # a laptop: bf16 would be emulated, 10x slower
+        ("auto", ["avx2", "avx512f", "avx512_bf16"], "bfloat16"),
+        ("auto", ["avx2", "amx_bf16"], "bfloat16"),
+        ("float16", ["avx2"], "float16"),  # an explicit choice is kept
+    ],
+)
+def test_compute_dtype_auto_follows_the_cpu(name, flags, expected):
+    from stages.train import resolve_compute_dtype
+
+    assert resolve_compute_dtype(name, flags) == expected
+
+
+def test_train_records_the_dtype_it_chose(tiny_model_dir, train_file, tmp_path):
+    from stages.train import resolve_compute_dtype
+
+    summary = run(tiny_model_dir, train_file, tmp_path, tiny_cfg(max_steps=2, compute_dtype="auto"))
+    assert summary["compute_dtype"] == resolve_compute_dtype("auto") in ("float32", "bfloat16")

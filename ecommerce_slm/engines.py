@@ -1,0 +1,182 @@
+"""One small interface over the three ways a variant runs, so scoring and timing are shared.
+
+    engine.generate(conversations, schema)  -> raw text per conversation (greedy)
+    engine.next_token_logprobs(ids, start)  -> log-probabilities of the next token at positions start..end
+
+transformers runs model folders (base, merged, GPTQ) in batches; llama-cpp-python runs GGUF files one
+request at a time; the API engine talks to any OpenAI-compatible endpoint. Constrained decoding:
+xgrammar for transformers, llama.cpp's own JSON-schema grammar for GGUF, structured outputs for APIs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ecommerce_slm.cli import ProjectError
+from ecommerce_slm.gptq import configure_gptqmodel
+
+
+class EngineError(ProjectError, RuntimeError):
+    pass
+
+
+class TransformersEngine:
+    kind = "transformers"
+
+    def __init__(self, model_dir: str | Path, threads: int = 2, max_new_tokens: int = 48, batch_size: int = 16):
+        configure_gptqmodel(threads)  # a GPTQ folder loads through gptqmodel's kernels
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not Path(model_dir, "config.json").exists():
+            raise EngineError(f"{model_dir}: not a model folder (no config.json)")
+        torch.set_num_threads(threads)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        # no quantization_config argument: a GPTQ folder's own config must be the one used
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self._compiler = None
+
+    def _grammar(self, schema: dict):
+        import xgrammar as xgr
+
+        if self._compiler is None:
+            info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.model.config.vocab_size)
+            self._compiler = xgr.GrammarCompiler(info)
+        return self._compiler.compile_json_schema(json.dumps(schema), any_whitespace=False)
+
+    def generate(self, conversations: list[list[dict]], schema: dict | None = None) -> list[str]:
+        from transformers import LogitsProcessorList
+
+        grammar = self._grammar(schema) if schema else None
+        outputs = []
+        for i in range(0, len(conversations), self.batch_size):
+            prompts = [
+                self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
+                for c in conversations[i : i + self.batch_size]
+            ]
+            batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            processors = LogitsProcessorList()
+            if grammar is not None:
+                import xgrammar as xgr
+
+                processors.append(xgr.contrib.hf.LogitsProcessor(grammar))  # one per generate() call
+            with torch.no_grad():
+                out = self.model.generate(
+                    **batch,
+                    max_new_tokens=self.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    logits_processor=processors,
+                )
+            outputs += self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        return outputs
+
+    def next_token_logprobs(self, ids: list[int], start: int) -> torch.Tensor:
+        with torch.no_grad():
+            logits = self.model(torch.tensor([ids])).logits[0].float()
+        return torch.log_softmax(logits[start - 1 : len(ids) - 1], dim=-1)
+
+
+class LlamaCppEngine:
+    kind = "llama_cpp"
+
+    def __init__(self, gguf_file: str | Path, threads: int = 2, max_new_tokens: int = 48, n_ctx: int = 2048):
+        import llama_cpp
+
+        if not Path(gguf_file).is_file():
+            raise EngineError(f"{gguf_file}: no such GGUF file")
+        self.path, self.threads, self.n_ctx, self.max_new_tokens = str(gguf_file), threads, n_ctx, max_new_tokens
+        self.llm = llama_cpp.Llama(
+            self.path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, seed=0, verbose=False
+        )
+        self._scorer = None
+
+    def generate(self, conversations: list[list[dict]], schema: dict | None = None) -> list[str]:
+        response_format = {"type": "json_object", "schema": schema} if schema else None
+        outputs = []
+        for messages in conversations:
+            result = self.llm.create_chat_completion(
+                messages=messages,
+                temperature=0.0,
+                top_k=1,
+                max_tokens=self.max_new_tokens,
+                response_format=response_format,
+            )
+            outputs.append(result["choices"][0]["message"]["content"] or "")
+        return outputs
+
+    def next_token_logprobs(self, ids: list[int], start: int) -> torch.Tensor:
+        import llama_cpp
+
+        if self._scorer is None:  # logits for every position (slower), only for KL
+            self._scorer = llama_cpp.Llama(
+                self.path,
+                n_ctx=self.n_ctx,
+                n_threads=self.threads,
+                n_threads_batch=self.threads,
+                logits_all=True,
+                verbose=False,
+            )
+        self._scorer.reset()
+        self._scorer.eval(ids)
+        logits = torch.from_numpy(np.array(self._scorer.scores[start - 1 : len(ids) - 1], dtype=np.float32))
+        return torch.log_softmax(logits, dim=-1)
+
+
+class ApiEngine:
+    """Few-shot chat completions through the openai client (OpenAI or any compatible server)."""
+
+    kind = "api"
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str,
+        api_key: str,
+        timeout_seconds: float = 60.0,
+        max_attempts: int = 4,
+        max_new_tokens: int = 48,
+        schema_format: str = "json_schema",
+    ):
+        from openai import OpenAI
+
+        self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout_seconds, max_retries=0)
+        self.model, self.max_attempts, self.max_new_tokens = model, max_attempts, max_new_tokens
+        self.schema_format = schema_format
+
+    def generate(self, conversations: list[list[dict]], schema: dict | None = None) -> list[str]:
+        response_format = None
+        if schema and self.schema_format == "json_object":
+            response_format = {"type": "json_object", "schema": schema}
+        elif schema:
+            response_format = {
+                "type": "json_schema",
+                "json_schema": {"name": "cart_intent", "schema": schema, "strict": True},
+            }
+        return [self._complete(messages, response_format) for messages in conversations]
+
+    def _complete(self, messages: list[dict], response_format: dict | None) -> str:
+        import openai
+
+        for attempt in range(self.max_attempts):
+            try:
+                kwargs = {"response_format": response_format} if response_format else {}
+                result = self.client.chat.completions.create(
+                    model=self.model, messages=messages, temperature=0, max_tokens=self.max_new_tokens, **kwargs
+                )
+                return result.choices[0].message.content or ""
+            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as err:
+                if attempt + 1 == self.max_attempts:
+                    raise EngineError(f"{self.model}: {err}") from err
+                time.sleep(2**attempt)
+        raise AssertionError("unreachable")
+
+    def next_token_logprobs(self, ids: list[int], start: int) -> torch.Tensor:
+        raise EngineError("an API model exposes no full next-token distributions")

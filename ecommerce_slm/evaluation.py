@@ -1,0 +1,294 @@
+"""Evaluating one variant: how accurate it is, where it fails, and whether schema-constrained decoding
+fixes it. Run by the stages eval@VARIANT, eval_gguf@LEVEL and eval_api@MODEL, and by hand:
+
+    python -m stages.eval --variant Q4_K_M --data my_requests.jsonl --out my_metrics.json
+    python -m stages.eval --model path/to/folder-or.gguf --data my_requests.jsonl --out my_metrics.json
+
+Your file needs text, action, product, quantity per row (language optional; JSONL, CSV or a datasets
+folder). Settings come from params.yaml `eval:` (API baselines also `eval_api:`). Writes beside --out:
+NAME.json (compact metrics: strict and lenient exact match, JSON validity, time, per decoding mode, and
+KL divergence from the merged model), NAME.details.json (per field, language, action) and
+NAME.errors.jsonl (every wrong prediction: input, expected, raw output, parsed, failed fields).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+import torch
+
+from ecommerce_slm.catalog import load_catalog
+from ecommerce_slm.cli import ProjectError
+from ecommerce_slm.engines import ApiEngine, LlamaCppEngine, TransformersEngine
+from ecommerce_slm.files import RowFormatError, iter_rows, read_jsonl, write_json, write_jsonl
+from ecommerce_slm.params import Section, check, is_pos_int
+from ecommerce_slm.paths import DEFAULT_CATALOG, EVAL_DIR, EVAL_FILE, TRAIN_FILE
+from ecommerce_slm.scoring import accuracy_summary, score_one
+from ecommerce_slm.task import (
+    ANSWER_FIELDS,
+    DECODING_MODES,
+    InvalidRow,
+    answer_schema,
+    completion_messages,
+    few_shot_messages,
+    intent_of,
+    prompt_messages,
+    validate_row,
+)
+from ecommerce_slm.variants import REFERENCE_DIR, Variant
+
+
+@dataclass
+class EvalConfig(Section):
+    """`eval:` exact-match accuracy of every variant on the eval split, free and schema-constrained.
+
+    Read by the eval, eval_gguf and eval_api stages.
+    """
+
+    SECTION: ClassVar[str] = "eval"
+    decoding: list = field(default_factory=lambda: list(DECODING_MODES))  # each mode is measured and reported
+    # json_schema decoding restricts product to this catalog's names; "" allows any string
+    catalog: str = DEFAULT_CATALOG
+    max_new_tokens: int = 48
+    batch_size: int = 16  # transformers generates this many requests at once; llama.cpp one by one
+    threads: int = 2
+    limit: int = 0  # evaluate only the first N rows; 0: all
+    few_shot: int = 6  # worked examples in the prompt of the untuned base and the API baselines
+    few_shot_seed: int = 7
+    kl_examples: int = 32  # eval requests (prompt + true answer) on which KL from the merged model is measured
+
+    def __post_init__(self):
+        check(
+            len(self.decoding) > 0
+            and all(m in DECODING_MODES for m in self.decoding)
+            and len(set(self.decoding)) == len(self.decoding),
+            "decoding",
+            f"a list of modes from {list(DECODING_MODES)}",
+            self.decoding,
+        )
+        for name in ("max_new_tokens", "batch_size", "threads", "few_shot"):
+            check(is_pos_int(getattr(self, name)), name, "a positive integer", getattr(self, name))
+        for name in ("limit", "kl_examples"):
+            check(getattr(self, name) >= 0, name, "an integer >= 0", getattr(self, name))
+
+
+class ApiSettings(Protocol):
+    """What an API engine needs (the eval_api stage's EvalApiConfig)."""
+
+    base_url: str
+    api_key_env: str
+    timeout_seconds: float
+    max_attempts: int
+    schema_format: str
+
+
+class EvalError(ProjectError, RuntimeError):
+    pass
+
+
+def load_rows(path: str | Path, products: set[str] | None, limit: int = 0) -> list[dict]:
+    rows = []
+    try:
+        for where, row in iter_rows(path):
+            try:
+                rows.append(validate_row(row, products))
+            except InvalidRow as err:
+                raise EvalError(f"{where}: {err}") from None
+    except (FileNotFoundError, RowFormatError) as err:
+        raise EvalError(str(err)) from None
+    if not rows:
+        raise EvalError(f"{path}: no rows")
+    return rows[:limit] if limit else rows
+
+
+def catalog_products(catalog: str) -> list[str] | None:
+    if not catalog:
+        return None
+    return load_catalog(catalog, [], key="eval.catalog").names
+
+
+def pick_few_shot(train_rows: list[dict], n: int, seed: int) -> list[dict]:
+    """n examples spread over languages and actions (round robin over the groups), seeded."""
+    rng = random.Random(seed)
+    groups: dict[tuple, list[dict]] = {}
+    for row in train_rows:
+        groups.setdefault((row.get("language"), row["action"]), []).append(row)
+    keys = sorted(groups, key=str)
+    rng.shuffle(keys)
+    picked = []
+    while len(picked) < min(n, len(train_rows)):
+        for key in keys:
+            if groups[key] and len(picked) < n:
+                picked.append(groups[key].pop(rng.randrange(len(groups[key]))))
+    return picked
+
+
+def conversations(rows: list[dict], examples: list[dict] | None) -> list[list[dict]]:
+    if examples:
+        return [few_shot_messages(r["text"], examples) for r in rows]
+    return [prompt_messages(r["text"]) for r in rows]
+
+
+def score_mode(
+    engine, rows: list[dict], chats: list[list[dict]], schema: dict | None, mode: str
+) -> tuple[dict, dict, list[dict]]:
+    """(compact metrics, details, errors) of one decoding mode."""
+    start = time.perf_counter()
+    raw = engine.generate(chats, schema)
+    seconds = time.perf_counter() - start
+    scores = [score_one(out, {f: r[f] for f in ANSWER_FIELDS}) for out, r in zip(raw, rows, strict=True)]
+    details = accuracy_summary(rows, scores)
+    compact = {k: details[k] for k in ("exact_match", "lenient_match", "json_valid")}
+    compact.update(seconds=round(seconds, 1), requests_per_second=round(len(rows) / seconds, 2))
+    errors = [
+        {
+            "mode": mode,
+            "text": r["text"],
+            "language": r.get("language"),
+            "expected": {f: r[f] for f in ANSWER_FIELDS},
+            "raw": out,
+            "parsed": s["parsed"],
+            "parse_error": s["parse_error"],
+            "failed_fields": s["failed_fields"],
+        }
+        for r, out, s in zip(rows, raw, scores, strict=True)
+        if not s["exact"]
+    ]
+    return compact, details, errors
+
+
+def kl_sequences(rows: list[dict], tokenizer, n: int) -> list[tuple[list[int], int]]:
+    """(token ids of prompt + true answer, index of the first answer token) for the first n rows."""
+    out = []
+    for row in rows[:n]:
+        prompt = tokenizer.apply_chat_template(
+            prompt_messages(row["text"]), add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
+        full = tokenizer.apply_chat_template(
+            prompt_messages(row["text"]) + completion_messages(intent_of(row)), tokenize=True, return_dict=True
+        )["input_ids"]
+        if full[: len(prompt)] != prompt:
+            raise EvalError("the chat template renders the prompt differently with and without the answer")
+        out.append((full, len(prompt)))
+    return out
+
+
+def mean_kl(reference, engine, sequences: list[tuple[list[int], int]]) -> float:
+    """Mean over answer positions of KL(reference || variant) of the next-token distributions."""
+    total, positions = 0.0, 0
+    for ids, start in sequences:
+        p = reference.next_token_logprobs(ids, start)
+        q = engine.next_token_logprobs(ids, start)
+        if p.shape != q.shape:
+            raise EvalError(f"vocabularies differ: reference {tuple(p.shape)}, variant {tuple(q.shape)}")
+        total += torch.sum(p.exp() * (p - q)).item()
+        positions += p.shape[0]
+    return total / positions
+
+
+def open_engine(variant: Variant, cfg: EvalConfig, api: ApiSettings | None = None):
+    if variant.engine == "transformers":
+        return TransformersEngine(variant.location, cfg.threads, cfg.max_new_tokens, cfg.batch_size)
+    if variant.engine == "llama_cpp":
+        return LlamaCppEngine(variant.location, cfg.threads, cfg.max_new_tokens)
+    if api is None:
+        raise EvalError(
+            f"{variant.name}: API variants are evaluated by the eval_api stage (python -m stages.eval_api MODEL)"
+        )
+    return ApiEngine(
+        variant.location,
+        api.base_url,
+        os.environ[api.api_key_env],
+        api.timeout_seconds,
+        api.max_attempts,
+        cfg.max_new_tokens,
+        api.schema_format,
+    )
+
+
+def evaluate(
+    variant: Variant,
+    rows: list[dict],
+    cfg: EvalConfig,
+    examples: list[dict] | None = None,
+    reference_dir: Path | None = None,
+    api: ApiSettings | None = None,
+) -> tuple[dict, dict, list[dict]]:
+    """Run every decoding mode of cfg on rows; (metrics, details, errors)."""
+    start = time.perf_counter()
+    engine = open_engine(variant, cfg, api)
+    load_seconds = time.perf_counter() - start
+    schema = answer_schema(catalog_products(cfg.catalog))
+    chats = conversations(rows, examples if variant.few_shot else None)
+    metrics = {"variant": variant.name, "engine": engine.kind, "n": len(rows), "load_seconds": round(load_seconds, 1)}
+    details, errors = {"variant": variant.name}, []
+    for mode in cfg.decoding:
+        compact, details[mode], wrong = score_mode(engine, rows, chats, schema if mode == "json_schema" else None, mode)
+        metrics[mode] = compact
+        errors += wrong
+    metrics["kl_from_merged"], metrics["kl_note"] = None, None
+    if variant.engine == "api":
+        metrics["kl_note"] = "an API exposes no full next-token distributions"
+    elif reference_dir is None or not (reference_dir / "config.json").exists():
+        metrics["kl_note"] = f"no reference model at {reference_dir}"
+    elif cfg.kl_examples:
+        reference = engine if variant.location == str(reference_dir) else TransformersEngine(reference_dir, cfg.threads)
+        sequences = kl_sequences(rows, reference.tokenizer, cfg.kl_examples)
+        kl = 0.0 if reference is engine else mean_kl(reference, engine, sequences)
+        metrics["kl_from_merged"] = float(f"{kl:.3g}")  # significant digits, not decimals: KL spans 1e-6 to 1
+        metrics["kl_note"] = f"mean over the answer tokens of {len(sequences)} eval requests"
+    return metrics, details, errors
+
+
+def write_results(out: Path, metrics: dict, details: dict, errors: list[dict]) -> None:
+    stem = out.name.removesuffix(".json")
+    write_json(out.with_name(f"{stem}.details.json"), details)
+    write_jsonl(out.with_name(f"{stem}.errors.jsonl"), errors)
+    write_json(out, metrics)  # last: its presence means the other two are complete
+
+
+def skipped(variant: Variant, reason: str) -> dict:
+    return {"variant": variant.name, "engine": variant.engine, "skipped": reason}
+
+
+def cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every eval stage takes besides its variant: where the rows come from and where results go."""
+    parser.add_argument(
+        "--data", default=str(EVAL_FILE), help="rows with text, action, product, quantity (default: %(default)s)"
+    )
+    parser.add_argument("--out", help="metrics JSON (default: metrics/eval/VARIANT.json)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N rows (default: eval.limit)")
+
+
+def run(variant: Variant, args: argparse.Namespace, cfg: EvalConfig, api: ApiSettings | None = None) -> str:
+    """Evaluate `variant` on args.data with cfg (and args.limit), write its three files; return the summary line."""
+    if args.limit is not None:
+        cfg = cfg.with_overrides("--limit", limit=args.limit)
+    out = Path(args.out or EVAL_DIR / f"{variant.file_stem}.json")
+    if api is not None and not os.environ.get(api.api_key_env):
+        write_results(out, skipped(variant, f"{api.api_key_env} is not set"), {"variant": variant.name}, [])
+        return f"{variant.name}: skipped, {api.api_key_env} is not set -> {out}"
+    products = set(catalog_products(cfg.catalog) or []) or None
+    rows = load_rows(args.data, None, cfg.limit)
+    unknown = sorted({r["product"] for r in rows} - products) if products else []
+    if unknown and "json_schema" in cfg.decoding:
+        raise EvalError(
+            f"{args.data}: products {unknown[:5]} are not in eval.catalog {cfg.catalog}; json_schema decoding "
+            f'could never produce them (set eval.catalog: "" to allow any product)'
+        )
+    examples = pick_few_shot(read_jsonl(TRAIN_FILE), cfg.few_shot, cfg.few_shot_seed) if variant.few_shot else None
+    metrics, details, errors = evaluate(variant, rows, cfg, examples, REFERENCE_DIR, api)
+    metrics["data"] = str(args.data)
+    write_results(out, metrics, details, errors)
+    modes = ", ".join(
+        f"{m}: exact {metrics[m]['exact_match']} lenient {metrics[m]['lenient_match']} json "
+        f"{metrics[m]['json_valid']} ({metrics[m]['seconds']} s)"
+        for m in cfg.decoding
+    )
+    return f"{variant.name} on {metrics['n']} rows: {modes}; KL {metrics['kl_from_merged']} -> {out}"

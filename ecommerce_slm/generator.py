@@ -1,0 +1,183 @@
+"""Offline synthetic data: the program draws the ground truth, renders a template, adds noise.
+
+The ground truth (language, action, product, quantity) is drawn the same way for every backend
+(`plan_specs`); only who writes the text differs (`render_offline` here, an LLM in metaprompt.py).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ecommerce_slm.catalog import Catalog, Forms
+from ecommerce_slm.cli import ProjectError
+from ecommerce_slm.language import render_item
+from ecommerce_slm.noise import NoiseVocab, add_noise
+from ecommerce_slm.params import Section, check, is_pos_int, is_rate
+from ecommerce_slm.paths import TEMPLATES_FILE
+from ecommerce_slm.task import ACTIONS
+
+ROUND_NUMBERS = {5, 6, 10, 12, 15, 20, 24, 25, 30, 40, 50}
+
+
+@dataclass
+class QuantityConfig(Section):
+    """`data.quantity:` how quantities are drawn and written. P(q) ~ q^-zipf_exponent, boosted for round numbers."""
+
+    max: int = 50
+    zipf_exponent: float = 1.6
+    round_number_boost: float = 2.5
+    implicit_one_share: float = 0.5  # of quantity-1 requests, the share that names no number
+    words_share: float = 0.3  # of explicit quantities, the share written as words
+
+    def __post_init__(self):
+        check(is_pos_int(self.max) and self.max <= 99, "max", "an integer in 1..99", self.max)
+        check(self.zipf_exponent >= 0, "zipf_exponent", "a number >= 0", self.zipf_exponent)
+        check(self.round_number_boost >= 1, "round_number_boost", "a number >= 1", self.round_number_boost)
+        check(is_rate(self.implicit_one_share), "implicit_one_share", "a rate in [0, 1]", self.implicit_one_share)
+        check(is_rate(self.words_share), "words_share", "a rate in [0, 1]", self.words_share)
+
+
+class GenerationError(ProjectError, RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The ground truth of one example, fixed by the program before any text is written."""
+
+    language: str
+    action: str
+    product: str
+    quantity: int
+    quantity_style: str  # implicit | digits | words
+    style: str  # template id (offline) or style id (metaprompt)
+
+
+def load_templates(path: Path = TEMPLATES_FILE) -> dict[str, dict[str, list[str]]]:
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+
+
+def template_ids(templates: dict, language: str, action: str) -> list[str]:
+    return [f"{language}.{action}.{i:02d}" for i in range(len(templates[language][action]))]
+
+
+def template_text(templates: dict, template_id: str) -> str:
+    language, action, index = template_id.split(".")
+    return templates[language][action][int(index)]
+
+
+def split_heldout(ids: list[str], share: float, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded split of one list of template (or style) ids into (train, held out); at least one each."""
+    shuffled = sorted(ids)
+    random.Random(f"heldout:{seed}").shuffle(shuffled)
+    n_held = min(len(ids) - 1, max(1, math.ceil(share * len(ids))))
+    return sorted(shuffled[n_held:]), sorted(shuffled[:n_held])
+
+
+def quantity_weights(cfg: QuantityConfig) -> list[float]:
+    """P(q) ~ q^-s on 1..max, round numbers boosted: mostly 1-3, with a long tail (6, 12, 24, 50...)."""
+    weights = [
+        q**-cfg.zipf_exponent * (cfg.round_number_boost if q in ROUND_NUMBERS else 1.0) for q in range(1, cfg.max + 1)
+    ]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def plan_specs(
+    languages: list[str],
+    quantity: QuantityConfig,
+    catalog: Catalog,
+    styles: dict[tuple[str, str], list[str]],
+    rng: random.Random,
+) -> Iterator[Spec]:
+    """Endless stream of ground truths: languages cycle (as in the paper), the rest is drawn."""
+    weights = quantity_weights(quantity)
+    quantities = list(range(1, quantity.max + 1))
+    i = 0
+    while True:
+        language = languages[i % len(languages)]
+        action = rng.choice(ACTIONS)
+        product = rng.choice(catalog.products).name
+        amount = rng.choices(quantities, weights)[0]
+        if amount == 1 and rng.random() < quantity.implicit_one_share:
+            quantity_style = "implicit"
+        else:
+            quantity_style = "words" if rng.random() < quantity.words_share else "digits"
+        yield Spec(language, action, product, amount, quantity_style, rng.choice(styles[(language, action)]))
+        i += 1
+
+
+def pick_forms(catalog: Catalog, spec: Spec, rng: random.Random) -> Forms:
+    """The usual name most of the time, a synonym sometimes."""
+    options = catalog[spec.product].forms[spec.language]
+    return options[0] if len(options) == 1 or rng.random() < 0.7 else rng.choice(options[1:])
+
+
+def render_offline(
+    spec: Spec, catalog: Catalog, templates: dict, noise_rates: dict[str, float], vocab: NoiseVocab, rng: random.Random
+) -> tuple[str, list[str]]:
+    item = render_item(
+        spec.language, pick_forms(catalog, spec, rng), spec.quantity, spec.quantity_style, spec.action, rng
+    )
+    text = template_text(templates, spec.style).format(item=item)
+    return add_noise(text, spec.language, noise_rates, vocab, rng)
+
+
+Writer = Callable[[Spec, random.Random], tuple[str, list[str]]]
+
+
+def generate_rows(
+    specs: Iterator[Spec],
+    write: Writer,
+    n: int,
+    rng: random.Random,
+    exclude: set[str] = frozenset(),
+    max_tries_per_row: int = 20,
+) -> tuple[list[dict], dict]:
+    """Draw specs and write texts until n distinct texts exist; also avoid texts in `exclude`.
+
+    Returns the rows and counts (drawn, duplicates, excluded, rejected) for the stats.
+    A writer returns (None, reason) to reject a spec (e.g. an LLM answer that failed validation).
+    """
+    rows, seen = [], set()
+    counts = {"drawn": 0, "duplicates": 0, "excluded": 0, "rejected": 0}
+    for spec in specs:
+        if len(rows) == n:
+            break
+        if counts["drawn"] >= n * max_tries_per_row:
+            raise GenerationError(
+                f"could only produce {len(rows)} of {n} distinct rows after {counts['drawn']} tries "
+                f"({counts}); add templates, products or noise, or lower the count"
+            )
+        counts["drawn"] += 1
+        text, noise = write(spec, rng)
+        if text is None:
+            counts["rejected"] += 1
+            continue
+        key = text.casefold()
+        if key in seen:
+            counts["duplicates"] += 1
+            continue
+        if key in exclude:
+            counts["excluded"] += 1
+            continue
+        seen.add(key)
+        rows.append(
+            {
+                "text": text,
+                "action": spec.action,
+                "product": spec.product,
+                "quantity": spec.quantity,
+                "language": spec.language,
+                "style": spec.style,
+                "quantity_style": spec.quantity_style,
+                "noise": noise,
+            }
+        )
+    return rows, counts

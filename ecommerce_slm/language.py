@@ -1,0 +1,146 @@
+"""How each language writes a quantity with a product: number words, gender and Croatian numeral cases."""
+
+from __future__ import annotations
+
+import random
+
+from ecommerce_slm.catalog import Forms
+
+_EN_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
+_EN_TENS = {
+    20: "twenty",
+    30: "thirty",
+    40: "forty",
+    50: "fifty",
+    60: "sixty",
+    70: "seventy",
+    80: "eighty",
+    90: "ninety",
+}
+
+_HR_ONES = "nula jedan dva tri četiri pet šest sedam osam devet deset jedanaest dvanaest trinaest četrnaest petnaest šesnaest sedamnaest osamnaest devetnaest".split()
+_HR_TENS = {
+    20: "dvadeset",
+    30: "trideset",
+    40: "četrdeset",
+    50: "pedeset",
+    60: "šezdeset",
+    70: "sedamdeset",
+    80: "osamdeset",
+    90: "devedeset",
+}
+_HR_ONE_ACC = {"m": "jedan", "f": "jednu", "n": "jedno"}  # accusative, as the object of dodaj/makni
+_HR_TWO = {"m": "dva", "f": "dvije", "n": "dva"}
+
+_ES_ONES = (
+    "cero uno dos tres cuatro cinco seis siete ocho nueve diez once doce trece catorce quince dieciséis "
+    "diecisiete dieciocho diecinueve veinte veintiuno veintidós veintitrés veinticuatro veinticinco "
+    "veintiséis veintisiete veintiocho veintinueve"
+).split()
+_ES_TENS = {30: "treinta", 40: "cuarenta", 50: "cincuenta", 60: "sesenta", 70: "setenta", 80: "ochenta", 90: "noventa"}
+_ES_ONE = {"m": "un", "f": "una"}
+
+
+def number_words(language: str, n: int, gender: str = "m") -> str:
+    """The quantity n (1..99) in words, agreeing with the noun's gender where the language needs it."""
+    if not 1 <= n <= 99:
+        raise ValueError(f"number_words: {n} is outside 1..99")
+    tens, unit = divmod(n, 10)
+    if language == "en":
+        if n < 20:
+            return _EN_ONES[n]
+        return _EN_TENS[tens * 10] + (f"-{_EN_ONES[unit]}" if unit else "")
+    if language == "hr":
+
+        def unit_word(u: int) -> str:
+            return _HR_ONE_ACC[gender] if u == 1 else _HR_TWO[gender] if u == 2 else _HR_ONES[u]
+
+        if n < 20:
+            return unit_word(n) if n <= 2 else _HR_ONES[n]
+        return _HR_TENS[tens * 10] + (f" {unit_word(unit)}" if unit else "")
+    if language == "es":
+
+        def with_gender(word: str) -> str:  # uno -> un/una before a noun, veintiuno -> veintiún/veintiuna
+            if word.endswith("uno"):
+                return word[:-3] + ("una" if gender == "f" else ("ún" if word != "uno" else "un"))
+            return word
+
+        if n < 30:
+            return with_gender(_ES_ONES[n])
+        return _ES_TENS[tens * 10] + (f" y {with_gender(_ES_ONES[unit])}" if unit else "")
+    raise ValueError(f"number_words: no number words for language {language!r}")
+
+
+def hr_numeral_form(n: int) -> str:
+    """Which noun form a Croatian numeral takes: one (1, 21, 31...), few (2-4, 22-24...), many (the rest)."""
+    if n % 10 == 1 and n % 100 != 11:
+        return "one"
+    if n % 10 in (2, 3, 4) and n % 100 not in (12, 13, 14):
+        return "few"
+    return "many"
+
+
+def noun_for(language: str, forms: Forms, n: int) -> str:
+    if language == "hr":
+        return getattr(forms, hr_numeral_form(n))
+    return forms.one if n == 1 else forms.many
+
+
+def english_article(forms: Forms) -> str:
+    return forms.article or ("an" if forms.one[:1].lower() in "aeio" else "a")
+
+
+def implicit_item(language: str, forms: Forms, action: str, rng: random.Random) -> str:
+    """A single item named without a number: 'the shampoo', 'un champú', 'šampon'."""
+    if language == "en":
+        determiner = "the" if action == "remove" else rng.choice([english_article(forms), "the"])
+        return f"{determiner} {forms.one}"
+    if language == "es":
+        definite = {"m": "el", "f": "la"}[forms.gender]
+        determiner = definite if action == "remove" else rng.choice([_ES_ONE[forms.gender], definite])
+        return f"{determiner} {forms.one}"
+    return forms.one  # Croatian has no articles
+
+
+def dozen_item(language: str, forms: Forms, n: int) -> str | None:
+    """The idiomatic dozen forms, where n allows one ('a dozen', 'pola tuceta', 'media docena')."""
+    phrases = {
+        ("en", 12): f"a dozen {forms.many}",
+        ("en", 6): f"half a dozen {forms.many}",
+        ("es", 12): f"una docena de {forms.many}",
+        ("es", 6): f"media docena de {forms.many}",
+        ("hr", 12): f"tucet {forms.many}",
+    }
+    return phrases.get((language, n))
+
+
+def render_item(language: str, forms: Forms, n: int, style: str, action: str, rng: random.Random) -> str:
+    """The quantity and product as the template's {item}; style is implicit, digits or words."""
+    if style == "implicit":
+        if n != 1:
+            raise ValueError("render_item: only a quantity of 1 can be implicit")
+        return implicit_item(language, forms, action, rng)
+    noun = noun_for(language, forms, n)
+    if style == "digits":
+        return f"{n} {noun}"
+    if style == "words":
+        dozen = dozen_item(language, forms, n)
+        if dozen and rng.random() < 0.5:
+            return dozen
+        return f"{number_words(language, n, forms.gender)} {noun}"
+    raise ValueError(f"render_item: unknown quantity style {style!r}")
+
+
+def quantity_mentions(language: str, n: int) -> list[str]:
+    """Every way a text may state n: used to check texts an LLM wrote."""
+    mentions = {str(n)}
+    for gender in ("m", "f", "n"):
+        try:
+            mentions.add(number_words(language, n, gender))
+        except (KeyError, ValueError):
+            pass
+    if n == 12:
+        mentions.update({"dozen", "docena", "tucet"})
+    if n == 6:
+        mentions.update({"half a dozen", "media docena"})
+    return sorted(mentions)

@@ -1,0 +1,60 @@
+"""Where everything lives, relative to the project root (dvc.yaml names the same paths).
+
+Resource files ship inside the package. RESOURCES_READ maps each constant naming one to the file that
+code using it reads, so the deps test (tests/test_stage_deps.py) can require every stage whose code
+uses the constant to declare that file in dvc.yaml.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PACKAGE = Path(__file__).parent
+RESOURCES = PACKAGE / "resources"
+TEMPLATES_FILE = RESOURCES / "templates.yaml"
+NOISE_FILE = RESOURCES / "noise.yaml"
+DEFAULT_CATALOG = "ecommerce_slm/resources/catalog.yaml"  # as params.yaml writes it (data.catalog, eval.catalog)
+PARETO_TEMPLATE_DIR = Path(".dvc/plots")  # pareto.json: the Vega-Lite template of `dvc plots` and the PNGs
+PARETO_TEMPLATE = PARETO_TEMPLATE_DIR / "pareto.json"
+RESOURCES_READ = {
+    "TEMPLATES_FILE": TEMPLATES_FILE,
+    "NOISE_FILE": NOISE_FILE,
+    "PARETO_TEMPLATE_DIR": PARETO_TEMPLATE,
+    "PARETO_TEMPLATE": PARETO_TEMPLATE,
+}
+
+DATA = Path("data")
+TRAIN_FILE = DATA / "train.jsonl"
+VALIDATION_FILE = DATA / "validation.jsonl"
+EVAL_FILE = DATA / "eval.jsonl"
+
+MODELS = Path("models")
+BASE_DIR = MODELS / "base"
+ADAPTER_DIR = MODELS / "adapter"
+CHECKPOINT_DIR = MODELS / "checkpoints" / "train"  # scratch: a killed training run resumes from here
+MERGED_DIR = MODELS / "merged"
+GPTQ_DIR = MODELS / "gptq"
+GGUF_DIR = MODELS / "gguf"
+F16_FILE = GGUF_DIR / "F16.gguf"
+
+METRICS = Path("metrics")
+DATA_STATS = METRICS / "data.json"  # compact, so `dvc exp show` stays readable
+DATA_DETAILS = METRICS / "data_details.json"  # counts per split, language, action and product
+TRAIN_METRICS = METRICS / "train.json"
+MERGE_METRICS = METRICS / "merge.json"
+HARDWARE_FILE = METRICS / "hardware.json"
+EVAL_DIR = METRICS / "eval"
+BENCH_DIR = METRICS / "bench"
+VARIANT_INFO_DIR = METRICS / "variants"  # what each quantized file really is
+PARETO_DIR = METRICS / "pareto"
+SUMMARY_FILE = METRICS / "summary.json"
+LIVE_DIR = Path("dvclive/train")
+REPORTS = Path("reports")
+
+
+def gguf_file(level: str) -> Path:
+    return GGUF_DIR / f"{level}.gguf"
+
+
+def variant_info(name: str) -> Path:
+    return VARIANT_INFO_DIR / f"{name}.json"

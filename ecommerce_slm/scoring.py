@@ -1,0 +1,105 @@
+"""Scoring rules, defined once: how raw model output is parsed, and what counts as correct.
+
+The paper's rule (exact match): the output parses to one JSON object and action, product and quantity
+all equal the truth. Around it: a tolerant parser (text around the object, code fences, trailing
+commas) and a lenient score that compares products case-insensitively.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from ecommerce_slm.task import ANSWER_FIELDS
+
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
+_TRAILING_COMMA = re.compile(r",\s*([}\]])")
+
+
+@dataclass(frozen=True)
+class Parsed:
+    answer: dict[str, Any] | None
+    error: str | None  # none_found | several_objects | not_an_object | None
+
+
+def _objects(text: str) -> list[Any]:
+    """Every top-level JSON value that starts with '{' in text, tolerating trailing commas."""
+    decoder, found, i = json.JSONDecoder(), [], 0
+    text = _TRAILING_COMMA.sub(r"\1", text)
+    while (start := text.find("{", i)) != -1:
+        try:
+            value, end = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            i = start + 1
+            continue
+        found.append(value)
+        i = end
+    return found
+
+
+def parse_answer(raw: str) -> Parsed:
+    """Find the one JSON object in a model's raw output."""
+    fenced = _FENCE.findall(raw or "")
+    objects = [o for block in fenced for o in _objects(block)] if fenced else _objects(raw or "")
+    if not objects:
+        return Parsed(None, "none_found")
+    if len(objects) > 1:
+        return Parsed(None, "several_objects")
+    if not isinstance(objects[0], dict):
+        return Parsed(None, "not_an_object")
+    return Parsed(objects[0], None)
+
+
+def field_matches(answer: dict[str, Any], truth: dict[str, Any], lenient: bool = False) -> dict[str, bool]:
+    """Per field: equal to the truth. Quantity must be an integer (not "12", not 12.0, not true)."""
+    out = {}
+    for field in ANSWER_FIELDS:
+        got, want = answer.get(field), truth[field]
+        if field == "quantity":
+            out[field] = isinstance(got, int) and not isinstance(got, bool) and got == want
+        elif lenient and isinstance(got, str):
+            out[field] = got.strip().casefold() == str(want).casefold()
+        else:
+            out[field] = got == want
+    return out
+
+
+def score_one(raw: str, truth: dict[str, Any]) -> dict[str, Any]:
+    parsed = parse_answer(raw)
+    fields = field_matches(parsed.answer, truth) if parsed.answer is not None else dict.fromkeys(ANSWER_FIELDS, False)
+    lenient = field_matches(parsed.answer, truth, lenient=True) if parsed.answer is not None else fields
+    return {
+        "json_valid": parsed.answer is not None,
+        "parse_error": parsed.error,
+        "parsed": parsed.answer,
+        "fields": fields,
+        "exact": all(fields.values()),
+        "lenient": all(lenient.values()),
+        "failed_fields": [f for f, ok in fields.items() if not ok],
+    }
+
+
+def accuracy_summary(rows: list[dict[str, Any]], scores: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy overall, per field, per language and per action; JSON validity."""
+    n = len(scores)
+
+    def rate(values) -> float:
+        values = list(values)
+        return round(sum(values) / len(values), 4) if values else 0.0
+
+    groups: dict[str, dict[str, list[bool]]] = {"language": defaultdict(list), "action": defaultdict(list)}
+    for row, score in zip(rows, scores, strict=True):
+        groups["language"][row.get("language", "unknown")].append(score["exact"])
+        groups["action"][row["action"]].append(score["exact"])
+    return {
+        "n": n,
+        "exact_match": rate(s["exact"] for s in scores),
+        "lenient_match": rate(s["lenient"] for s in scores),
+        "json_valid": rate(s["json_valid"] for s in scores),
+        "field_accuracy": {f: rate(s["fields"][f] for s in scores) for f in ANSWER_FIELDS},
+        "by_language": {k: rate(v) for k, v in sorted(groups["language"].items())},
+        "by_action": {k: rate(v) for k, v in sorted(groups["action"].items())},
+    }
