@@ -306,9 +306,8 @@ def prepare_checkpoints(checkpoint_dir: Path, run_id: str) -> Path | None:
 
 def make_live_callback(live_dir: Path, resume: bool):
     """dvclive logging of loss, eval loss, token accuracy, learning rate and tokens/s."""
-    from transformers import TrainerCallback
-
     from dvclive import Live
+    from transformers import TrainerCallback
 
     class LiveCallback(TrainerCallback):
         def __init__(self):
