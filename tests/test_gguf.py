@@ -74,9 +74,9 @@ def test_chat_template_and_special_tokens_survive_conversion(wide_f16, real_toke
 
 
 def test_unknown_level_is_rejected(wide_f16, tmp_path):
-    with pytest.raises(ParamError, match="expected one of"):
+    with pytest.raises(ParamError, match="expected a llama.cpp quant type"):
         quantize(wide_f16, tmp_path / "x.gguf", "Q4_K_X", threads=2)
-    with pytest.raises(ParamError, match=r"gguf.levels\[1\]: expected one of"):
+    with pytest.raises(ParamError, match=r"gguf.levels\[1\]: expected a llama.cpp quant type"):
         GgufConfig.from_dict({"levels": ["Q4_K_M", "Q4_K_X"]})
 
 
