@@ -336,10 +336,13 @@ def bench(variant: Variant, cfg: BenchConfig, out: Path | None = None) -> str:
     """Bench one variant in `cfg.repeats` fresh processes, write its JSON; return the one-line summary."""
     if variant.engine == "api":
         raise BenchError(f"{variant.name}: an API model runs on someone else's hardware; nothing to bench here")
+    rows = read_jsonl(EVAL_FILE)
+    if len(rows) < cfg.prompts:
+        raise BenchError(f"params.yaml: bench.prompts: {cfg.prompts} requested but {EVAL_FILE} has {len(rows)} rows")
     hardware = load_hardware()
     weights = weight_bytes(variant.location)
     tokenizer_dir = Path(variant.location) if variant.engine == "transformers" else MERGED_DIR
-    prompts = prompt_ids(tokenizer_dir, read_jsonl(EVAL_FILE), cfg.prompts)
+    prompts = prompt_ids(tokenizer_dir, rows, cfg.prompts)
     runs = []
     for i in range(cfg.repeats):
         runs.append(in_fresh_process(variant.engine, variant.location, prompts, cfg))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ecommerce_slm.cli import ProjectError
+from ecommerce_slm.endpoint import Endpoint, api_error
 from ecommerce_slm.gptq import configure_gptqmodel
 
 
@@ -38,8 +39,16 @@ class TransformersEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        if not any(Path(model_dir).glob("*.safetensors")):
+            pickled = sorted(p.name for p in Path(model_dir).glob("*.bin"))
+            hint = (
+                f"; {', '.join(pickled)} is pickled and never loaded here (convert it to safetensors)"
+                if pickled
+                else ""
+            )
+            raise EngineError(f"{model_dir}: no *.safetensors weights{hint}")
         # no quantization_config argument: a GPTQ folder's own config must be the one used
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).eval()
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self._compiler = None
 
@@ -138,16 +147,14 @@ class ApiEngine:
     def __init__(
         self,
         model: str,
-        base_url: str,
-        api_key: str,
+        endpoint: Endpoint,
         timeout_seconds: float = 60.0,
         max_attempts: int = 4,
         max_new_tokens: int = 48,
         schema_format: str = "json_schema",
     ):
-        from openai import OpenAI
-
-        self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout_seconds, max_retries=0)
+        self.client = endpoint.client(timeout_seconds)
+        self.where = f"api:{model} at {endpoint.url}"
         self.model, self.max_attempts, self.max_new_tokens = model, max_attempts, max_new_tokens
         self.schema_format = schema_format
 
@@ -171,11 +178,17 @@ class ApiEngine:
                 result = self.client.chat.completions.create(
                     model=self.model, messages=messages, temperature=0, max_tokens=self.max_new_tokens, **kwargs
                 )
-                return result.choices[0].message.content or ""
             except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as err:
                 if attempt + 1 == self.max_attempts:
-                    raise EngineError(f"{self.model}: {err}") from err
+                    raise api_error(err, f"{self.where} (after {self.max_attempts} attempts)") from None
                 time.sleep(2**attempt)
+                continue
+            except openai.APIError as err:  # 401, 404, a body that is no completion: retrying cannot help
+                raise api_error(err, self.where) from None
+            try:
+                return result.choices[0].message.content or ""
+            except (AttributeError, IndexError, TypeError):
+                raise EngineError(f"{self.where}: the answer is no chat completion: {str(result)[:200]!r}") from None
         raise AssertionError("unreachable")
 
     def next_token_logprobs(self, ids: list[int], start: int) -> torch.Tensor:

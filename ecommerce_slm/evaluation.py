@@ -14,7 +14,7 @@ NAME.errors.jsonl (every wrong prediction: input, expected, raw output, parsed, 
 from __future__ import annotations
 
 import argparse
-import os
+import hashlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -25,6 +25,7 @@ import torch
 
 from ecommerce_slm.catalog import load_catalog
 from ecommerce_slm.cli import ProjectError
+from ecommerce_slm.endpoint import resolve_endpoint
 from ecommerce_slm.engines import ApiEngine, LlamaCppEngine, TransformersEngine
 from ecommerce_slm.files import RowFormatError, iter_rows, read_jsonl, write_json, write_jsonl
 from ecommerce_slm.params import Section, check, is_pos_int
@@ -203,8 +204,7 @@ def open_engine(variant: Variant, cfg: EvalConfig, api: ApiSettings | None = Non
         )
     return ApiEngine(
         variant.location,
-        api.base_url,
-        os.environ[api.api_key_env],
+        resolve_endpoint(api.base_url, api.api_key_env),
         api.timeout_seconds,
         api.max_attempts,
         cfg.max_new_tokens,
@@ -246,6 +246,21 @@ def evaluate(
     return metrics, details, errors
 
 
+def result_files(out: Path) -> list[Path]:
+    stem = out.name.removesuffix(".json")
+    return [out.with_name(f"{stem}.details.json"), out.with_name(f"{stem}.errors.jsonl"), out]
+
+
+def check_outputs(out: Path) -> None:
+    """Fail before the work, not after it: every file the eval writes must be writable as a file."""
+    for path in result_files(out):
+        if path.is_dir():
+            raise EvalError(f"--out {out}: {path} is a folder; expected a file path such as my_metrics.json")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise EvalError(f"--out {out}: {parent} is a file, not a folder")
+
+
 def write_results(out: Path, metrics: dict, details: dict, errors: list[dict]) -> None:
     stem = out.name.removesuffix(".json")
     write_json(out.with_name(f"{stem}.details.json"), details)
@@ -270,10 +285,18 @@ def run(variant: Variant, args: argparse.Namespace, cfg: EvalConfig, api: ApiSet
     """Evaluate `variant` on args.data with cfg (and args.limit), write its three files; return the summary line."""
     if args.limit is not None:
         cfg = cfg.with_overrides("--limit", limit=args.limit)
+    if args.out is None and Path(args.data).resolve() != EVAL_FILE.resolve():
+        raise EvalError(
+            f"--data {args.data}: a file other than {EVAL_FILE} needs --out ({EVAL_DIR}/ holds the "
+            f"pipeline's results on {EVAL_FILE}, which the report reads)"
+        )
     out = Path(args.out or EVAL_DIR / f"{variant.file_stem}.json")
-    if api is not None and not os.environ.get(api.api_key_env):
-        write_results(out, skipped(variant, f"{api.api_key_env} is not set"), {"variant": variant.name}, [])
-        return f"{variant.name}: skipped, {api.api_key_env} is not set -> {out}"
+    check_outputs(out)
+    endpoint = resolve_endpoint(api.base_url, api.api_key_env) if api is not None else None
+    if endpoint is not None and endpoint.key is None and (endpoint.is_openai or api.api_key_env):
+        reason = f"{endpoint.key_variable} is not set"
+        write_results(out, skipped(variant, reason), {"variant": variant.name}, [])
+        return f"{variant.name}: skipped, {reason} -> {out}"
     products = set(catalog_products(cfg.catalog) or []) or None
     rows = load_rows(args.data, None, cfg.limit)
     unknown = sorted({r["product"] for r in rows} - products) if products else []
@@ -285,6 +308,9 @@ def run(variant: Variant, args: argparse.Namespace, cfg: EvalConfig, api: ApiSet
     examples = pick_few_shot(read_jsonl(TRAIN_FILE), cfg.few_shot, cfg.few_shot_seed) if variant.few_shot else None
     metrics, details, errors = evaluate(variant, rows, cfg, examples, REFERENCE_DIR, api)
     metrics["data"] = str(args.data)
+    metrics["data_sha256"] = (
+        hashlib.sha256(Path(args.data).read_bytes()).hexdigest() if Path(args.data).is_file() else None
+    )
     write_results(out, metrics, details, errors)
     modes = ", ".join(
         f"{m}: exact {metrics[m]['exact_match']} lenient {metrics[m]['lenient_match']} json "

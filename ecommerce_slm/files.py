@@ -1,10 +1,16 @@
-"""Reading data rows and writing outputs atomically (a killed stage never leaves half a file)."""
+"""Reading data rows and writing outputs atomically (a killed stage never leaves half a file).
+
+Temporary files and folders carry the writer's process id (`.NAME.pid123.xxxx.tmp`): the next write of
+the same output, and `make prune`, remove the ones whose writer is dead (a stage killed with SIGKILL).
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -13,6 +19,40 @@ from pathlib import Path
 from typing import Any
 
 from ecommerce_slm.cli import ProjectError
+
+_WRITER = re.compile(r"\.pid(\d+)\.\w+\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def stale_temporaries(folder: Path, name: str = "*") -> list[Path]:
+    """Temporary outputs in `folder` (of output `name`) whose writing process is gone."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p for p in folder.glob(f".{name}.pid*.tmp") if (m := _WRITER.search(p.name)) and not _alive(int(m[1]))
+    )
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _temp_prefix(path: Path) -> str:
+    for stale in stale_temporaries(path.parent, path.name):  # left by a killed earlier writer
+        remove(stale)
+    return f".{path.name}.pid{os.getpid()}."
 
 
 @contextmanager
@@ -23,7 +63,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
     try:
@@ -80,26 +120,35 @@ def iter_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
         raise FileNotFoundError(f"{path}: data file not found")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        with path.open(encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield f"{path}:{line_no}", json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise RowFormatError(
-                        f"{path}:{line_no}: row: expected one JSON object per line ({err.msg})"
-                    ) from None
+        for line_no, line in enumerate(_utf8_text(path).split("\n"), 1):  # not splitlines: U+2028 is text
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{line_no}", json.loads(line)
+            except json.JSONDecodeError as err:
+                raise RowFormatError(f"{path}:{line_no}: row: expected one JSON object per line ({err.msg})") from None
     elif suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            for row in reader:
-                # line_num counts physical lines (header = 1), so quoted newlines keep it right
-                yield f"{path}:{reader.line_num}", row
+        reader = csv.DictReader(io.StringIO(_utf8_text(path), newline=""))
+        for row in reader:
+            # line_num counts physical lines (header = 1), so quoted newlines keep it right
+            yield f"{path}:{reader.line_num}", row
     else:
         raise RowFormatError(
             f"{path}: expected a .jsonl, .csv file or a datasets folder, got '{suffix or 'no extension'}'"
         )
+
+
+def _utf8_text(path: Path) -> str:
+    """The file as text, without a byte-order mark (Excel writes one); bad bytes are named by line and column."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise RowFormatError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at column {column}); save the file as UTF-8"
+        ) from None
 
 
 def _iter_hf_folder(path: Path) -> Iterator[tuple[str, Any]]:
@@ -125,7 +174,7 @@ def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=_temp_prefix(out_dir), suffix=".tmp"))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; give it the mode mkdir would
         yield tmp

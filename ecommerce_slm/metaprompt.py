@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import time
@@ -20,7 +19,7 @@ from difflib import SequenceMatcher
 from pathlib import Path
 
 from ecommerce_slm.catalog import Catalog
-from ecommerce_slm.cli import ProjectError
+from ecommerce_slm.endpoint import EndpointError, api_error, resolve_endpoint
 from ecommerce_slm.files import atomic_write_text
 from ecommerce_slm.generator import Spec, pick_forms
 from ecommerce_slm.language import quantity_mentions, render_item
@@ -63,9 +62,9 @@ class MetapromptConfig(Section):
     program fixes the truth. The API key is read from the environment variable named by `api_key_env`,
     never from params."""
 
-    base_url: str = "https://api.openai.com/v1"
+    base_url: str = ""  # "": OPENAI_BASE_URL if set, else OpenAI's (see ecommerce_slm/endpoint.py)
     model: str = "gpt-4.1"
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: str = ""  # "": OPENAI_API_KEY, for OpenAI's host only
     temperature: float = 0.9
     max_tokens: int = 96
     max_attempts: int = 4
@@ -74,19 +73,19 @@ class MetapromptConfig(Section):
     cache_dir: str = "data/cache/metaprompt"
 
     def __post_init__(self):
-        check(self.base_url.startswith(("http://", "https://")), "base_url", "an http(s) URL", self.base_url)
+        check(
+            self.base_url == "" or self.base_url.startswith(("http://", "https://")),
+            "base_url",
+            "an http(s) URL or empty",
+            self.base_url,
+        )
         check(bool(self.model), "model", "a model name", self.model)
-        check(bool(self.api_key_env), "api_key_env", "an environment variable name", self.api_key_env)
         check(is_pos_int(self.max_attempts), "max_attempts", "a positive integer", self.max_attempts)
         check(is_pos_int(self.max_tokens), "max_tokens", "a positive integer", self.max_tokens)
         check(0 <= self.temperature <= 2, "temperature", "a number in [0, 2]", self.temperature)
         check(self.backoff_seconds >= 0, "backoff_seconds", "a number >= 0", self.backoff_seconds)
         check(self.timeout_seconds > 0, "timeout_seconds", "a number > 0", self.timeout_seconds)
         check(bool(self.cache_dir), "cache_dir", "a folder path", self.cache_dir)
-
-
-class EndpointError(ProjectError, RuntimeError):
-    pass
 
 
 def build_messages(
@@ -217,23 +216,21 @@ class MetapromptWriter:
         self.cfg, self.catalog, self.noise_rates, self.vocab = cfg, catalog, noise_rates, vocab
         self.markers = language_markers(templates, catalog)
         self.cache_dir = Path(cfg.cache_dir)
+        self.endpoint = resolve_endpoint(cfg.base_url, cfg.api_key_env)
         self.client = client or self._client()
-        self.requests_sent = 0
+        self.requests_sent = 0  # HTTP attempts, retries included
+        self.requests_answered = 0  # attempts that returned a completion (each is cached)
         self.cache_hits = 0
         self.rejections: dict[str, int] = {}
 
     def _client(self):
-        import openai
-
-        key = os.environ.get(self.cfg.api_key_env)
-        if not key:
-            if "api.openai.com" in self.cfg.base_url:
-                raise EndpointError(
-                    f"data.backend=metaprompt with {self.cfg.base_url} needs an API key in the "
-                    f"environment variable {self.cfg.api_key_env}"
-                )
-            key = "not-needed"  # local OpenAI-compatible servers accept any key
-        return openai.OpenAI(base_url=self.cfg.base_url, api_key=key, timeout=self.cfg.timeout_seconds, max_retries=0)
+        endpoint = self.endpoint
+        if endpoint.key is None and (endpoint.is_openai or self.cfg.api_key_env):
+            raise EndpointError(
+                f"data.backend=metaprompt with {endpoint.url} needs an API key in the environment "
+                f"variable {endpoint.key_variable} (data.metaprompt.api_key_env)"
+            )
+        return endpoint.client(self.cfg.timeout_seconds)
 
     def __call__(self, spec: Spec, rng: random.Random) -> tuple[str | None, list[str]]:
         noise = [
@@ -259,7 +256,7 @@ class MetapromptWriter:
             "seed": attempt,
         }
         key = hashlib.sha256(
-            json.dumps({"base_url": self.cfg.base_url, **request}, sort_keys=True).encode()
+            json.dumps({"base_url": self.endpoint.url, **request}, sort_keys=True).encode()
         ).hexdigest()
         path = self.cache_dir / key[:2] / f"{key}.json"
         if path.exists():
@@ -277,7 +274,14 @@ class MetapromptWriter:
             try:
                 self.requests_sent += 1
                 response = self.client.chat.completions.create(**request)
-                return response.choices[0].message.content or ""
+                try:
+                    text = response.choices[0].message.content or ""
+                    self.requests_answered += 1
+                    return text
+                except (AttributeError, IndexError, TypeError):
+                    raise EndpointError(
+                        f"data.metaprompt: {self.endpoint.url}: the answer is no chat completion"
+                    ) from None
             except (
                 openai.APIConnectionError,
                 openai.APITimeoutError,
@@ -288,14 +292,14 @@ class MetapromptWriter:
                 if attempt + 1 < self.cfg.max_attempts:
                     time.sleep(delay)
                     delay *= 2
-        raise EndpointError(
-            f"{self.cfg.base_url}: no answer after {self.cfg.max_attempts} attempts "
-            f"(data.metaprompt.max_attempts): {last}"
-        )
+            except openai.APIError as err:  # 401, 404, ...: retrying cannot help
+                raise api_error(err, f"data.metaprompt: {self.cfg.model} at {self.endpoint.url}") from None
+        raise api_error(last, f"data.metaprompt: {self.endpoint.url}: no answer after {self.cfg.max_attempts} attempts")
 
     def stats(self) -> dict:
         return {
             "requests_sent": self.requests_sent,
+            "requests_answered": self.requests_answered,
             "cache_hits": self.cache_hits,
             "rejections": dict(sorted(self.rejections.items())),
         }

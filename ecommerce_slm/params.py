@@ -111,6 +111,20 @@ class Section:
         except ParamError as err:
             raise ParamError(f"{path}: {prefix}.{err}") from None
 
+    @classmethod
+    def keys(cls, prefix: str | None = None) -> list[tuple[str, Any]]:
+        """(dotted key, annotation) of every value the section takes, subsections flattened."""
+        prefix = prefix or cls.SECTION
+        out = []
+        for name, kind in typing.get_type_hints(cls).items():
+            if name == "SECTION":
+                continue
+            if isinstance(kind, type) and issubclass(kind, Section):
+                out += kind.keys(f"{prefix}.{name}")
+            else:
+                out.append((f"{prefix}.{name}", kind))
+        return out
+
     def with_overrides(self, source: str, **overrides):
         """This config with some values replaced (CLI flags), validated exactly as params.yaml values are."""
         return type(self).from_dict({**dataclasses.asdict(self), **overrides}, path=source)

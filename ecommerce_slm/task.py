@@ -17,6 +17,8 @@ DECODING_MODES = ("free", "json_schema")
 ANSWER_FIELDS = ("action", "product", "quantity")
 # A cap keeps schema-constrained decoding from emitting digits forever (a grammar cannot stop an endless integer).
 MAX_QUANTITY = 9999
+# A cart request is a sentence; a longer "request" is a pasted file, and would allocate gigabytes in a model.
+MAX_TEXT_CHARS = 2000
 
 # Short on purpose: every training step pays for these tokens (110 -> 71 tokens per example).
 SYSTEM_PROMPT = "Convert the shopper's cart request to JSON with action (add or remove), product and quantity."
@@ -83,13 +85,13 @@ class InvalidRow(ProjectError, ValueError):
         self.message = message
 
 
-def validate_row(row: Any, products: set[str] | None) -> dict[str, Any]:
+def validate_row(row: Any, products: set[str] | None, languages: list[str] | None = None) -> dict[str, Any]:
     """Check one data row and return it normalised (quantity as int, text stripped).
 
-    Required: text (non-empty), action (one of ACTIONS), product (a catalog name; any
-    non-empty name when products is None),
-    quantity (a positive integer; digit strings are accepted because CSV has no types).
-    Optional: language. Other keys are kept as metadata.
+    Required: text (non-empty, at most MAX_TEXT_CHARS), action (one of ACTIONS), product (a catalog name;
+    any non-empty name when products is None), quantity (an integer in 1..MAX_QUANTITY; digit strings are
+    accepted because CSV has no types). Optional: language (one of `languages` when given). Other keys
+    are kept as metadata.
     """
     if not isinstance(row, dict):
         raise InvalidRow(
@@ -98,6 +100,8 @@ def validate_row(row: Any, products: set[str] | None) -> dict[str, Any]:
     text = row.get("text")
     if not isinstance(text, str) or not text.strip():
         raise InvalidRow("text", f"expected non-empty text, got {text!r}")
+    if len(text) > MAX_TEXT_CHARS:
+        raise InvalidRow("text", f"expected a request of at most {MAX_TEXT_CHARS} characters, got {len(text)}")
     action = row.get("action")
     if action not in ACTIONS:
         raise InvalidRow("action", f"expected one of {list(ACTIONS)}, got {action!r}")
@@ -113,14 +117,17 @@ def validate_row(row: Any, products: set[str] | None) -> dict[str, Any]:
     language = row.get("language")
     if language is not None and (not isinstance(language, str) or not language.strip()):
         raise InvalidRow("language", f"expected a language code such as 'en', got {language!r}")
+    if language is not None and languages is not None and language not in languages:
+        raise InvalidRow("language", f"expected one of data.languages {languages}, got {language!r}")
     return {**row, "text": text.strip(), "action": action, "product": product, "quantity": quantity}
 
 
 def _positive_int(value: Any) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
+    # ASCII digits only: "³".isdigit() is true and int("³") fails
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdecimal():
         value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidRow("quantity", f"expected a positive integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_QUANTITY:
+        raise InvalidRow("quantity", f"expected an integer in 1..{MAX_QUANTITY}, got {value!r}")
     return value
 
 

@@ -41,8 +41,9 @@ class Variant:
 
     @property
     def file_stem(self) -> str:
-        """File-name-safe name for its metrics files."""
-        return self.name.replace(":", "-").replace("/", "-")
+        """Its metrics files' name under metrics/eval/ and metrics/bench/: `api-MODEL` for API models, as
+        dvc.yaml writes it (a model name such as meta-llama/Llama-3.1-8B-Instruct becomes a subfolder)."""
+        return self.name.replace(":", "-")
 
 
 def resolve(name: str) -> Variant:
@@ -54,7 +55,10 @@ def resolve(name: str) -> Variant:
     if name.upper() in quant_levels():
         return Variant(name.upper(), "llama_cpp", str(gguf_file(name.upper())))
     if name.startswith("api:") and len(name) > 4:
-        return Variant(name, "api", name[4:], few_shot=True)
+        model = name[4:]
+        if model.startswith("/") or "\\" in model or ".." in model.split("/"):
+            raise VariantError(f"{name}: expected a model name (segments separated by '/', no '..'), got {model!r}")
+        return Variant(name, "api", model, few_shot=True)
     raise VariantError(
         f"unknown variant {name!r}: expected one of {', '.join(FOLDER_VARIANTS)}, F16, a GGUF level "
         f"({', '.join(quant_levels())}) or api:MODEL"

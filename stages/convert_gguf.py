@@ -9,7 +9,10 @@ unpacks it to `<venv>/share/llama.cpp-<version>/`; LLAMA_CPP_CONVERTER overrides
 
 from __future__ import annotations
 
+import argparse
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -20,9 +23,17 @@ from ecommerce_slm.files import atomic_file, write_json
 from ecommerce_slm.gguf_file import describe
 from ecommerce_slm.paths import F16_FILE, MERGED_DIR, variant_info
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
 
 class ConvertError(ProjectError, RuntimeError):
     pass
+
+
+def die_with_parent() -> None:
+    """In the converter's process: the kernel kills it when this stage dies, even by SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def converter_path() -> Path:
@@ -51,6 +62,7 @@ def convert(model_dir: Path, out_file: Path, outtype: str = "f16") -> float:
             [sys.executable, str(converter), str(model_dir), "--outfile", str(tmp), "--outtype", outtype],
             capture_output=True,
             text=True,
+            preexec_fn=die_with_parent,
         )
         if result.returncode != 0:
             raise ConvertError(f"convert_hf_to_gguf.py failed on {model_dir}:\n{result.stderr[-3000:]}")
@@ -58,7 +70,8 @@ def convert(model_dir: Path, out_file: Path, outtype: str = "f16") -> float:
 
 
 @stage_main("convert_gguf")
-def main() -> str:
+def main(argv: list[str] | None = None) -> str:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     seconds = convert(MERGED_DIR, F16_FILE)
     info = {**describe(F16_FILE, "F16"), "convert_seconds": round(seconds, 1), "converter": str(converter_path())}
     write_json(variant_info("F16"), info)

@@ -15,7 +15,7 @@ import sys
 
 from ecommerce_slm.cli import stage_main
 from ecommerce_slm.evaluation import EvalConfig, cli_arguments, run
-from ecommerce_slm.variants import from_path, resolve
+from ecommerce_slm.variants import VariantError, from_path, resolve
 
 
 @stage_main("eval")
@@ -27,6 +27,10 @@ def main(argv: list[str] | None = None) -> str:
     cli_arguments(parser)
     args = parser.parse_args(argv)
     variant = resolve(args.variant) if args.variant else from_path(args.model)
+    if variant.engine == "api":
+        raise VariantError(
+            f"--variant {args.variant}: API models are evaluated by python -m stages.eval_api {variant.location}"
+        )
     return run(variant, args, EvalConfig.load())
 
 

@@ -2,8 +2,9 @@
 
     python -m stages.eval_api gpt-4.1            # data/eval.jsonl -> metrics/eval/api-gpt-4.1.json
 
-Reads params.yaml: eval and eval_api. Without the key in `eval_api.api_key_env`, the baseline is skipped
-with the reason in its metrics, never failed. After setting the key: `dvc repro -f -s eval_api@...`
+Reads params.yaml: eval and eval_api. The endpoint and its key follow the openai client's conventions
+(ecommerce_slm/endpoint.py). Without a key where one is needed, the baseline is skipped with the reason
+in its metrics, never failed. After setting the key: `dvc repro -f -s eval_api@...`
 (DVC cannot see environment variables).
 """
 
@@ -26,8 +27,8 @@ class EvalApiConfig(Section):
 
     SECTION: ClassVar[str] = "eval_api"
     models: list = field(default_factory=lambda: ["gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano"])
-    base_url: str = "https://api.openai.com/v1"
-    api_key_env: str = "OPENAI_API_KEY"
+    base_url: str = ""  # "": OPENAI_BASE_URL if set, else OpenAI's; any OpenAI-compatible endpoint
+    api_key_env: str = ""  # "": OPENAI_API_KEY, for OpenAI's host only (never sent elsewhere unless named here)
     timeout_seconds: float = 60.0
     max_attempts: int = 4
     # how json_schema decoding is asked for: json_schema (OpenAI structured outputs) or
@@ -44,8 +45,12 @@ class EvalApiConfig(Section):
         check(
             all(isinstance(m, str) and m.strip() for m in self.models), "models", "a list of model names", self.models
         )
-        check(self.base_url.startswith(("http://", "https://")), "base_url", "an http(s) URL", self.base_url)
-        check(bool(self.api_key_env), "api_key_env", "an environment variable name", self.api_key_env)
+        check(
+            self.base_url == "" or self.base_url.startswith(("http://", "https://")),
+            "base_url",
+            "an http(s) URL or empty",
+            self.base_url,
+        )
         check(self.timeout_seconds > 0, "timeout_seconds", "a number > 0", self.timeout_seconds)
         check(is_pos_int(self.max_attempts), "max_attempts", "a positive integer", self.max_attempts)
 

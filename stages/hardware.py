@@ -9,6 +9,7 @@ because the bandwidth measurement jittered.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -20,7 +21,8 @@ from ecommerce_slm.paths import HARDWARE_FILE
 
 
 @stage_main("hardware")
-def main() -> str:
+def main(argv: list[str] | None = None) -> str:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     threads = BenchConfig.load().threads
     current = fingerprint()
     if HARDWARE_FILE.exists():

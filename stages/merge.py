@@ -8,6 +8,7 @@ merged model's logits match base+adapter on a probe batch within `merge.toleranc
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from dataclasses import dataclass
@@ -147,7 +148,8 @@ def save_merged(model, tokenizer, out_dir: Path) -> None:
 
 
 @stage_main("merge")
-def main() -> str:
+def main(argv: list[str] | None = None) -> str:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     start = time.perf_counter()
     model, tokenizer, report = merge(MergeConfig.load())
     save_merged(model.cpu(), tokenizer, MERGED_DIR)

@@ -8,6 +8,7 @@ a local .gguf file, a local model folder, or a Hugging Face hub id. Never trust_
 
 from __future__ import annotations
 
+import argparse
 import copy
 import importlib.util
 import json
@@ -89,12 +90,41 @@ def resolve_source(model: str) -> ModelSource:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelSourceError(f"base.model: GGUF file {model!r} not found")
+        with path.open("rb") as f:
+            head = f.read(4)
+        if head != b"GGUF":
+            raise ModelSourceError(
+                f"base.model: {model} is not a GGUF file (it starts with {head!r}, a GGUF file with b'GGUF')"
+            )
         return ModelSource("gguf", str(path.parent.resolve()), path.name)
     if path.is_dir():
+        check_model_folder(path)
         return ModelSource("folder", str(path.resolve()))
     if model.startswith((".", "/")) or model.count("/") > 1:
         raise ModelSourceError(f"base.model: folder {model!r} not found")
     return ModelSource("hub", model)
+
+
+def check_model_folder(folder: Path) -> None:
+    """A local model folder must hold a config and safetensors weights whose headers read (never pickles)."""
+    from safetensors import safe_open
+
+    if not (folder / "config.json").is_file():
+        raise ModelSourceError(f"base.model: {folder} is not a model folder (no config.json)")
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        pickled = sorted(p.name for p in folder.glob("*.bin"))
+        hint = f" ({', '.join(pickled)} is pickled: convert it to safetensors first)" if pickled else ""
+        raise ModelSourceError(f"base.model: {folder} has no *.safetensors weights{hint}")
+    for file in weights:
+        try:
+            with safe_open(file, framework="pt"):
+                pass
+        except Exception as err:  # safetensors raises its own SafetensorError (and OSError) on a bad file
+            raise ModelSourceError(
+                f"base.model: {file}: not a readable safetensors file, truncated or corrupt "
+                f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})"
+            ) from None
 
 
 def load_base(cfg: BaseConfig):
@@ -105,8 +135,14 @@ def load_base(cfg: BaseConfig):
     if source.is_gguf:
         # transformers dequantizes GGUF on load but refuses to save such a model, so the weights move
         # into a fresh model of the same config. The result keeps the Q4_1 grid: see README.
-        tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
-        loaded = AutoModelForCausalLM.from_pretrained(source.location, gguf_file=source.gguf_file, dtype=torch.float32)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
+            loaded = AutoModelForCausalLM.from_pretrained(
+                source.location, gguf_file=source.gguf_file, dtype=torch.float32
+            )
+        except (OSError, ValueError, KeyError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelSourceError(f"base.model {cfg.model!r}: transformers cannot load this GGUF ({first})") from None
         dtype = DTYPES.get(cfg.dtype, torch.float32)
         config = copy.deepcopy(loaded.config)
         # the weights are plain floats now: a leftover GGUF quantization_config would make every later
@@ -161,7 +197,8 @@ def save_base(model, tokenizer, out_dir: Path, info: dict) -> None:
 
 
 @stage_main("prepare_base")
-def main() -> str:
+def main(argv: list[str] | None = None) -> str:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     start = time.perf_counter()
     cfg = BaseConfig.load()
     model, tokenizer, source = load_base(cfg)

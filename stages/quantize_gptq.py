@@ -10,6 +10,7 @@ quantization_config) and must give the same greedy answers as the model right af
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import random
@@ -217,7 +218,8 @@ def _version(package: str) -> str:
 
 
 @stage_main("quantize_gptq")
-def main() -> str:
+def main(argv: list[str] | None = None) -> str:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     info = quantize(GptqConfig.load(), MERGED_DIR, TRAIN_FILE, GPTQ_DIR)
     write_json(variant_info("gptq"), info)
     return (

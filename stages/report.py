@@ -12,6 +12,7 @@ A variant without its eval or bench metrics is an error, and so are bench files 
 
 from __future__ import annotations
 
+import argparse
 import html
 import json
 import sys
@@ -25,7 +26,7 @@ from ecommerce_slm.gguf_file import GgufConfig
 from ecommerce_slm.machine import same_machine
 from ecommerce_slm.params import Section, check
 from ecommerce_slm.pareto import Point, frontier
-from ecommerce_slm.paths import METRICS, PARETO_TEMPLATE_DIR, REPORTS
+from ecommerce_slm.paths import EVAL_FILE, METRICS, PARETO_TEMPLATE_DIR, REPORTS
 from ecommerce_slm.task import DECODING_MODES
 from ecommerce_slm.variants import MEASURED_VARIANTS, REFERENCE_VARIANTS
 
@@ -77,6 +78,11 @@ def variant_row(name: str, metrics_dir: Path, decoding: str, parameters: int | N
     bench = read_json(metrics_dir / "bench" / f"{name}.json", name)
     if "skipped" in ev:
         raise ReportError(f"{metrics_dir}/eval/{name}.json: eval was skipped ({ev['skipped']})")
+    if Path(ev.get("data", "")) != EVAL_FILE:
+        raise ReportError(
+            f"{metrics_dir}/eval/{name}.json: measured on {ev.get('data')!r}, not the pipeline's "
+            f"{EVAL_FILE}; rerun `dvc repro -f -s eval@{name}` (or eval_gguf@{name})"
+        )
     if decoding not in ev:
         raise ReportError(
             f"{metrics_dir}/eval/{name}.json: no '{decoding}' results (report.decoding); it has "
@@ -119,11 +125,20 @@ def variant_row(name: str, metrics_dir: Path, decoding: str, parameters: int | N
     }, bench["hardware"]
 
 
+def api_metrics(eval_dir: Path) -> list[Path]:
+    """metrics/eval/api-MODEL.json, where MODEL may hold '/' (then the file sits in a subfolder)."""
+    if not eval_dir.is_dir():
+        return []
+    return sorted(
+        p
+        for p in eval_dir.rglob("*.json")
+        if p.relative_to(eval_dir).as_posix().startswith("api-") and not p.name.endswith(".details.json")
+    )
+
+
 def reference_rows(metrics_dir: Path, decoding: str) -> list[dict]:
     """Accuracy-only rows: the untuned base and any API baseline, skipped ones with their reason."""
-    files = [metrics_dir / "eval" / f"{n}.json" for n in REFERENCE_VARIANTS] + sorted(
-        (metrics_dir / "eval").glob("api-*.json")
-    )
+    files = [metrics_dir / "eval" / f"{n}.json" for n in REFERENCE_VARIANTS] + sorted(api_metrics(metrics_dir / "eval"))
     rows = []
     for f in files:
         if not f.exists() or f.name.endswith(".details.json"):
@@ -143,6 +158,17 @@ def reference_rows(metrics_dir: Path, decoding: str) -> list[dict]:
                 }
             )
     return rows
+
+
+def check_one_data(names: list[str], metrics_dir: Path) -> None:
+    """Every variant's eval must have read the same eval file contents (a file edited between evals is two data sets)."""
+    hashes = {n: json.loads((metrics_dir / "eval" / f"{n}.json").read_text()).get("data_sha256") for n in names}
+    if len(set(hashes.values())) > 1:
+        groups = {h: [n for n in names if hashes[n] == h] for h in set(hashes.values())}
+        raise ReportError(
+            f"{metrics_dir}/eval/: variants were evaluated on different versions of {EVAL_FILE} "
+            f"({'; '.join(', '.join(g) for g in groups.values())}); rerun their eval stages"
+        )
 
 
 def check_one_machine(names: list[str], hardware: list[dict], metrics_dir: Path) -> dict:
@@ -301,6 +327,7 @@ def build_summary(metrics_dir: Path, variants: list[str], decoding: str) -> dict
     f16 = metrics_dir / "variants" / "F16.json"
     parameters = json.loads(f16.read_text()).get("parameters") if f16.exists() else None
     rows, machines = zip(*(variant_row(v, metrics_dir, decoding, parameters) for v in variants), strict=True)
+    check_one_data(variants, metrics_dir)
     rows = list(rows)
     hardware = check_one_machine(variants, list(machines), metrics_dir)
     return {
@@ -334,7 +361,8 @@ def write_report(summary: dict, metrics_dir: Path, reports_dir: Path, template_d
 
 
 @stage_main("report")
-def main() -> str:
+def main(argv: list[str] | None = None) -> str:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     cfg = ReportConfig.load()
     variants = [*MEASURED_VARIANTS, *GgufConfig.load().levels]
     summary = build_summary(METRICS, variants, cfg.decoding)

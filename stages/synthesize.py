@@ -5,10 +5,12 @@ python -m stages.synthesize          # reads params.yaml: data
 
 from __future__ import annotations
 
+import argparse
 import random
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 from ecommerce_slm.catalog import Catalog, load_catalog
@@ -91,14 +93,16 @@ class DataError(ProjectError, ValueError):
     pass
 
 
-def load_rows(path: str, catalog: Catalog, on_invalid: str) -> tuple[list[dict], list[str]]:
+def load_rows(
+    path: str, catalog: Catalog, on_invalid: str, languages: list[str] | None = None
+) -> tuple[list[dict], list[str]]:
     """Validate every row of a user's file; stop at the first bad one, or drop and report them."""
     products = set(catalog.names)
     rows, dropped = [], []
     try:
         for where, row in iter_rows(path):
             try:
-                rows.append(validate_row(row, products))
+                rows.append(validate_row(row, products, languages))
             except InvalidRow as err:
                 if on_invalid == "error":
                     raise DataError(f"{where}: {err} (set data.on_invalid: drop to skip bad rows)") from None
@@ -108,6 +112,16 @@ def load_rows(path: str, catalog: Catalog, on_invalid: str) -> tuple[list[dict],
     if not rows:
         raise DataError(f"{path}: no valid rows")
     return rows, dropped
+
+
+def unique_texts(rows: list[dict]) -> list[dict]:
+    """The first row of each distinct text (case-insensitive), in order."""
+    seen, out = set(), []
+    for row in rows:
+        if row["text"].casefold() not in seen:
+            seen.add(row["text"].casefold())
+            out.append(row)
+    return out
 
 
 def style_split(cfg: DataConfig, templates: dict) -> tuple[dict, dict]:
@@ -142,11 +156,19 @@ def synthesize(
 
     stats: dict = {"backend": cfg.backend if not cfg.source else "source", "dropped_rows": 0}
     if cfg.source:
-        rows, dropped = load_rows(cfg.source, catalog, cfg.on_invalid)
+        if cfg.eval_source and Path(cfg.eval_source).resolve() == Path(cfg.source).resolve():
+            raise DataError(
+                f"params.yaml: data.eval_source: {cfg.eval_source} is data.source itself; every eval "
+                'text would be in train (set it to a held-out file, or "" to generate the eval set)'
+            )
+        loaded, dropped = load_rows(cfg.source, catalog, cfg.on_invalid, cfg.languages)
+        rows = unique_texts(loaded)  # a text in both train and validation would score its own memory
+        if len(rows) < 2:
+            raise DataError(f"{cfg.source}: {len(rows)} distinct request(s); train and validation need at least 2")
         stats["dropped_rows"] = len(dropped)
         stats["dropped_examples"] = dropped[:20]
         random.Random(cfg.seed).shuffle(rows)
-        counts = {"drawn": len(rows), "duplicates": 0, "excluded": 0, "rejected": 0}
+        counts = {"drawn": len(loaded), "duplicates": len(loaded) - len(rows), "excluded": 0, "rejected": 0}
     else:
         rng = random.Random(cfg.seed)
         rows, counts = generate_rows(
@@ -160,6 +182,13 @@ def synthesize(
         splits["eval"], dropped = load_rows(cfg.eval_source, catalog, cfg.on_invalid)
         stats["dropped_rows"] += len(dropped)
         eval_counts = {}
+        leaked = sum(r["text"].casefold() in seen for r in splits["eval"])
+        if leaked:
+            print(
+                f"synthesize: warning: {leaked} of {len(splits['eval'])} rows of {cfg.eval_source} are also in the "
+                "training data; their exact match measures memory, not generalization",
+                file=sys.stderr,
+            )
     else:
         rng = random.Random(cfg.eval_seed)
         splits["eval"], eval_counts = generate_rows(
@@ -229,7 +258,8 @@ def compact_stats(stats: dict) -> dict:
 
 
 @stage_main("synthesize")
-def main() -> str:
+def main(argv: list[str] | None = None) -> str:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     cfg = DataConfig.load()
     catalog = load_catalog(cfg.catalog, cfg.languages)
     splits, stats = synthesize(cfg, catalog)

@@ -10,11 +10,14 @@ when training has finished.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -233,7 +236,17 @@ def lora_config(cfg: TrainConfig):
     )
 
 
-def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool):
+def warmup_steps(cfg: TrainConfig, train_rows: int) -> int:
+    """Warm-up steps as transformers counts them for a ratio (ceil), for any ratio: transformers reads a
+    float >= 1 as a step count, so passing warmup_ratio 1.0 on would warm up for one step."""
+    total = cfg.max_steps
+    if total <= 0:
+        batches = math.ceil(train_rows / cfg.batch_size)
+        total = math.ceil(cfg.epochs * max(1, batches // cfg.gradient_accumulation))
+    return math.ceil(cfg.warmup_ratio * total)
+
+
+def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, train_rows: int = 0):
     from trl import SFTConfig
 
     return SFTConfig(
@@ -245,7 +258,7 @@ def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool):
         gradient_accumulation_steps=cfg.gradient_accumulation,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.scheduler,
-        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        warmup_steps=warmup_steps(cfg, train_rows),
         max_length=cfg.max_length,
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -284,15 +297,37 @@ def run_id(cfg: TrainConfig, train_file: Path, base_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def complete_checkpoint(folder: Path) -> bool:
+    """transformers writes trainer_state.json last: a checkpoint without a readable one was cut off."""
+    try:
+        json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return any(folder.glob("adapter_model.*"))
+
+
 def prepare_checkpoints(checkpoint_dir: Path, run_id: str) -> Path | None:
-    """The checkpoint to resume from, if the folder holds one of this exact run; else it is emptied."""
+    """The checkpoint to resume from, if the folder holds a complete one of this exact run; else it is emptied.
+
+    Checkpoints a kill cut off mid-save are removed first: resuming from one fails for good.
+    """
     marker = checkpoint_dir / "run.json"
-    previous = json.loads(marker.read_text())["run_id"] if marker.exists() else None
-    checkpoints = (
-        sorted(checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    try:
+        previous = json.loads(marker.read_text())["run_id"] if marker.exists() else None
+    except (ValueError, KeyError):
+        previous = None
+    found = (
+        [p for p in checkpoint_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)]
         if checkpoint_dir.exists()
         else []
     )
+    checkpoints = []
+    for folder in sorted(found, key=lambda p: int(p.name.split("-")[1])):
+        if complete_checkpoint(folder):
+            checkpoints.append(folder)
+        else:
+            print(f"train: removing {folder}: cut off while being saved")
+            shutil.rmtree(folder, ignore_errors=True)
     if previous == run_id and checkpoints:
         print(f"train: resuming from {checkpoints[-1]} (same params, data and base)")
         return checkpoints[-1]
@@ -373,10 +408,13 @@ def train(
     model = load_training_model(base_dir, cfg)
     resume = prepare_checkpoints(checkpoint_dir, run_id(cfg, train_file, base_dir))
     start_step = int(resume.name.split("-")[1]) if resume else 0
-    all_callbacks = list(callbacks) + ([make_live_callback(live_dir, bool(resume))] if live_dir else [])
+    # dvclive logs into the checkpoint folder and replaces live_dir (tracked by git) only once training has
+    # finished, so a killed run never leaves live_dir describing a run that models/adapter is not from
+    live_scratch = checkpoint_dir / "dvclive"
+    all_callbacks = list(callbacks) + ([make_live_callback(live_scratch, bool(resume))] if live_dir else [])
     trainer = SFTTrainer(
         model=model,
-        args=sft_config(cfg, checkpoint_dir, bool(eval_rows)),
+        args=sft_config(cfg, checkpoint_dir, bool(eval_rows), len(train_rows)),
         train_dataset=to_prompt_completion(train_rows),
         eval_dataset=to_prompt_completion(eval_rows) if eval_rows else None,
         processing_class=tokenizer,
@@ -391,6 +429,9 @@ def train(
         with atomic_dir(adapter_dir) as tmp:
             trainer.model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+        if live_dir:
+            with atomic_dir(live_dir) as tmp:
+                shutil.copytree(live_scratch, tmp, dirs_exist_ok=True)
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
     eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
@@ -425,7 +466,8 @@ def relaunch_with_accelerate() -> int:
 
 
 @stage_main("train")
-def main() -> str | None:
+def main(argv: list[str] | None = None) -> str | None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     cfg = TrainConfig.load()
     if cfg.launcher == "accelerate" and not os.environ.get("ECOMMERCE_SLM_LAUNCHED"):
         status = relaunch_with_accelerate()

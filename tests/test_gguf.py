@@ -86,7 +86,16 @@ def test_missing_converter_is_a_clear_error(monkeypatch, tmp_path):
         converter_path()
 
 
-def test_no_half_written_file_on_failure(tmp_path):
+def test_no_half_written_file_when_the_converter_fails(tmp_path, tiny_model_dir, monkeypatch):
+    fake = tmp_path / "convert_hf_to_gguf.py"  # writes half a file, then fails, as a crashing converter does
+    fake.write_text(
+        "import sys\nopen(sys.argv[sys.argv.index('--outfile') + 1], 'wb').write(b'GGUF half')\n"
+        "sys.exit('converter: out of memory')\n"
+    )
+    monkeypatch.setenv("LLAMA_CPP_CONVERTER", str(fake))
+    out = tmp_path / "gguf" / "F16.gguf"
+    with pytest.raises(ConvertError, match="out of memory"):
+        convert(tiny_model_dir, out)
+    assert list(out.parent.iterdir()) == []
     with pytest.raises(FileNotFoundError, match="run merge"):
-        convert(tmp_path / "no-model", tmp_path / "F16.gguf")
-    assert list(tmp_path.iterdir()) == []
+        convert(tmp_path / "no-model", out)

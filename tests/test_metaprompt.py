@@ -101,7 +101,7 @@ def test_metaprompt_against_local_server(local_server, catalog, tmp_path):
         for row in rows:
             assert row["style"] in STYLE_IDS and row["text"]
     cached = list((tmp_path / "cache").rglob("*.json"))
-    assert len(cached) == stats["metaprompt"]["requests_sent"]
+    assert len(cached) == stats["metaprompt"]["requests_answered"] <= stats["metaprompt"]["requests_sent"]
     # a rerun is answered from the cache: nothing sent, same data
     again, again_stats = synthesize(cfg, catalog)
     assert again == splits

@@ -41,7 +41,7 @@ def test_local_folder_round_trip(tiny_model_dir, tmp_path):
     save_base(model, tokenizer, out, {"model": str(tiny_model_dir)})
     files = {p.name for p in out.iterdir()}
     assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt")) for f in files)
-    assert not list(out.parent.glob(".base.tmp-*"))  # no temporary folder left behind
+    assert not list(out.parent.glob(".base.pid*"))  # no temporary folder left behind
 
 
 def test_failed_save_leaves_nothing_half_written(tiny_model_dir, tmp_path, monkeypatch):

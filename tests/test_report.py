@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 
 from ecommerce_slm.machine import fingerprint
-from stages.report import AXES, ReportError, build_summary, markdown, pareto_data, vega_spec, write_report
+from stages.report import AXES, ReportError, build_summary, pareto_data, vega_spec, write_report
 from tools.browser_check import BrowserError, check_pages, find_chromium
 
 TEMPLATE_DIR = ROOT / ".dvc" / "plots"
@@ -36,6 +36,8 @@ def write_metrics(root: Path, variants=VARIANTS, hardware=HARDWARE) -> Path:
             "free": {"exact_match": free, "lenient_match": free, "json_valid": 1.0},
             "json_schema": {"exact_match": schema, "lenient_match": schema, "json_valid": 1.0},
             "kl_from_merged": kl,
+            "data": "data/eval.jsonl",
+            "data_sha256": "same-eval-file",
         }
         bench = {
             "variant": name,
@@ -70,7 +72,7 @@ def test_summary_has_every_variant_and_the_frontiers(tmp_path):
     assert summary["frontiers"]["generation_tokens_per_s"] == ["F16", "Q4_K_M"]
     assert summary["frontiers"]["file_mib"] == ["Q3_K_M", "Q4_K_M", "F16"]
     gptq = next(r for r in summary["variants"] if r["variant"] == "gptq")
-    assert gptq["bits_per_weight"] == round(109.3 * 2**20 * 8 / 134515008, 3)  # from F16's parameter count
+    assert gptq["bits_per_weight"] == 6.816  # 109.3 MiB over F16's 134,515,008 parameters
     assert summary["references"] == [{"variant": "api:gpt-4.1", "skipped": "OPENAI_API_KEY is not set"}]
     assert "hardware" not in gptq and summary["hardware"]["cpu"] == HARDWARE["cpu"]
 
@@ -131,7 +133,8 @@ def test_write_report_makes_table_plot_data_and_images(tmp_path):
     assert "| Q4_K_M | 0.560 | 0.570 |" in table and "skipped: OPENAI_API_KEY is not set" in table
     assert "understates" in table  # the Q4_1 caveat travels with every table
     assert json.loads((metrics / "summary.json").read_text())["frontiers"] == summary["frontiers"]
-    assert markdown(summary) == table
+    f16_row = next(line for line in table.splitlines() if line.startswith("| F16 |"))
+    assert f16_row.endswith("| F/F/F |")  # on all three frontiers, as summary["frontiers"] says
 
 
 needs_chromium = pytest.mark.skipif(find_chromium() is None, reason="Chromium not installed (make browser)")
@@ -181,3 +184,32 @@ def test_the_check_fails_a_page_that_needs_a_cdn(pages):
     # the negative control: DVC's default template draws nothing offline, so the check can fail
     with pytest.raises(BrowserError, match="0 plots drew offline"):
         check_pages([pages / "dvc_cdn" / "index.html"], None)
+
+
+def test_refuses_an_eval_measured_on_other_data(tmp_path):
+    metrics = write_metrics(tmp_path)
+    q8 = json.loads((metrics / "eval" / "Q4_K_M.json").read_text())
+    (metrics / "eval" / "Q4_K_M.json").write_text(json.dumps({**q8, "data": "my.jsonl", "n": 3}))
+    with pytest.raises(ReportError, match=r"Q4_K_M.json: measured on 'my.jsonl', not the pipeline's data/eval.jsonl"):
+        build_summary(metrics, list(VARIANTS), "free")
+
+
+def test_refuses_evals_of_different_versions_of_the_eval_file(tmp_path):
+    metrics = write_metrics(tmp_path)
+    gptq = json.loads((metrics / "eval" / "gptq.json").read_text())
+    (metrics / "eval" / "gptq.json").write_text(json.dumps({**gptq, "data_sha256": "edited-since"}))
+    with pytest.raises(ReportError, match="different versions of data/eval.jsonl"):
+        build_summary(metrics, list(VARIANTS), "free")
+
+
+def test_api_models_with_a_slash_are_found_in_their_subfolder(tmp_path):
+    from ecommerce_slm.variants import resolve
+
+    metrics = write_metrics(tmp_path)
+    variant = resolve("api:meta-llama/Llama-3.1-8B-Instruct")
+    out = metrics / "eval" / f"{variant.file_stem}.json"  # dvc.yaml: metrics/eval/api-${item.model}.json
+    assert out == metrics / "eval" / "api-meta-llama" / "Llama-3.1-8B-Instruct.json"
+    out.parent.mkdir()
+    out.write_text(json.dumps({"variant": variant.name, "skipped": "LLAMA_KEY is not set"}))
+    references = build_summary(metrics, list(VARIANTS), "free")["references"]
+    assert {"variant": variant.name, "skipped": "LLAMA_KEY is not set"} in references

@@ -4,7 +4,8 @@
     python -m tools.prune --dry-run
 
 DVC keeps the lock entry and the files of a matrix stage whose item was removed (say Q3_K_M from
-gguf.levels), so later eval/report stages would still find them. This removes both.
+gguf.levels), so later eval/report stages would still find them. This removes both, and the temporary
+files and folders of stages killed mid-write (`.NAME.pidN.xxxx.tmp` whose process N is gone).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from ecommerce_slm.cli import stage_main
-from ecommerce_slm.files import atomic_write_text
+from ecommerce_slm.files import atomic_write_text, remove, stale_temporaries
 
 
 def current_stage_names(root: Path) -> set[str]:
@@ -38,10 +39,35 @@ def stale_entries(lock: dict, current: set[str]) -> dict[str, list[str]]:
     }
 
 
+OUTPUT_FOLDERS = (
+    "models",
+    "models/gguf",
+    "models/checkpoints",
+    "data",
+    "metrics",
+    "metrics/eval",
+    "metrics/bench",
+    "metrics/variants",
+    "metrics/pareto",
+    "reports",
+    "dvclive",
+)
+
+
+def leftover_temporaries(root: Path) -> list[Path]:
+    """Temporary outputs of stages that were killed mid-write (their writing process is gone)."""
+    return [p for folder in OUTPUT_FOLDERS for p in stale_temporaries(root / folder)]
+
+
 def prune(root: Path = Path("."), dry_run: bool = False) -> dict[str, list[str]]:
+    """Drop stale lock entries with their outputs, and temporaries left by killed stages (under 'temporaries')."""
+    leftovers = leftover_temporaries(root)
+    if not dry_run:
+        for path in leftovers:
+            remove(path)
     lock_file = root / "dvc.lock"
     if not lock_file.exists():
-        return {}
+        return {"temporaries": [str(p.relative_to(root)) for p in leftovers]} if leftovers else {}
     lock = yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}
     stale = stale_entries(lock, current_stage_names(root))
     if stale and not dry_run:
@@ -55,6 +81,8 @@ def prune(root: Path = Path("."), dry_run: bool = False) -> dict[str, list[str]]
         for name in stale:
             del lock["stages"][name]
         atomic_write_text(lock_file, yaml.safe_dump(lock, sort_keys=False, allow_unicode=True))
+    if leftovers:
+        stale["temporaries"] = [str(p.relative_to(root)) for p in leftovers]
     return stale
 
 
