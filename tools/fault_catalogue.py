@@ -396,10 +396,7 @@ def api_cases() -> Iterator[Case]:
         ("status-500", "HTTP 500"),
         ("garbage", "no chat completion"),
     ]:
-        yield Case(
-            f"api/eval-{model}", "api", "stages.eval_api", (model,), f"api:{model} at http://127.0.0.1", endpoint
-        )
-        yield Case(f"api/eval-{model}-detail", "api", "stages.eval_api", (model,), expect, endpoint)
+        yield Case(f"api/eval-{model}", "api", "stages.eval_api", (model,), expect, endpoint)
 
     def metaprompt(root: Path, url: str, model: str) -> None:
         set_param(root, "data.backend", "metaprompt")

@@ -11,7 +11,6 @@ files and folders of stages killed mid-write (`.NAME.pidN.xxxx.tmp` whose proces
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -73,11 +72,7 @@ def prune(root: Path = Path("."), dry_run: bool = False) -> dict[str, list[str]]
     if stale and not dry_run:
         for outs in stale.values():
             for out in outs:
-                path = root / out
-                if path.is_dir():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
+                remove(root / out)
         for name in stale:
             del lock["stages"][name]
         atomic_write_text(lock_file, yaml.safe_dump(lock, sort_keys=False, allow_unicode=True))
