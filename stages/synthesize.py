@@ -28,7 +28,15 @@ from ecommerce_slm.generator import (
 from ecommerce_slm.metaprompt import STYLE_IDS, MetapromptConfig, MetapromptWriter
 from ecommerce_slm.noise import NOISE_TYPES, NoiseConfig, NoiseVocab
 from ecommerce_slm.params import ParamError, Section, check, is_pos_int, is_rate
-from ecommerce_slm.paths import DATA_DETAILS, DATA_STATS, DEFAULT_CATALOG, EVAL_FILE, TRAIN_FILE, VALIDATION_FILE
+from ecommerce_slm.paths import (
+    DATA_DETAILS,
+    DATA_STATS,
+    DEFAULT_CATALOG,
+    EVAL_FILE,
+    HANDWRITTEN_FILE,
+    TRAIN_FILE,
+    VALIDATION_FILE,
+)
 from ecommerce_slm.task import ACTIONS, InvalidRow, validate_row
 
 OUTPUTS = {"train": TRAIN_FILE, "validation": VALIDATION_FILE, "eval": EVAL_FILE}
@@ -195,6 +203,9 @@ def synthesize(
             plan_specs(cfg.languages, cfg.quantity, catalog, heldout_styles, rng), write, cfg.n_eval, rng, exclude=seen
         )
     stats.update(dataset_stats(splits, counts, eval_counts, train_styles, heldout_styles))
+    if HANDWRITTEN_FILE.exists():  # the hand-written test set is never read to make data: only checked against it
+        handwritten = {row["text"].casefold() for _, row in iter_rows(HANDWRITTEN_FILE)}
+        stats["heldout"]["handwritten_texts_in_train"] = len(handwritten & seen)
     if isinstance(write, MetapromptWriter):
         stats["metaprompt"] = write.stats()
     return splits, stats
