@@ -161,6 +161,7 @@ def score_mode(
             "parsed": s["parsed"],
             "parse_error": s["parse_error"],
             "failed_fields": s["failed_fields"],
+            "unseen": r.get("unseen"),
         }
         for r, out, s in zip(rows, raw, scores, strict=True)
         if not s["exact"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parent
 RESOURCES = PACKAGE / "resources"
-TEMPLATES_FILE = RESOURCES / "templates.yaml"
+SLOTS_FILE = RESOURCES / "slots.yaml"
 NOISE_FILE = RESOURCES / "noise.yaml"
 DEFAULT_CATALOG = "ecommerce_slm/resources/catalog.yaml"  # as params.yaml writes it (data.catalog, eval.catalog)
 PARETO_TEMPLATE_DIR = Path(".dvc/plots")  # pareto.json: the Vega-Lite template of `dvc plots` and the PNGs
@@ -24,7 +24,7 @@ EVAL_FILE = DATA / "eval.jsonl"
 HANDWRITTEN_FILE = DATA / "handwritten.jsonl"  # in git: requests written by hand, a second held-out test set
 
 RESOURCES_READ = {
-    "TEMPLATES_FILE": TEMPLATES_FILE,
+    "SLOTS_FILE": SLOTS_FILE,
     "NOISE_FILE": NOISE_FILE,
     "PARETO_TEMPLATE_DIR": PARETO_TEMPLATE,
     "PARETO_TEMPLATE": PARETO_TEMPLATE,

@@ -86,17 +86,25 @@ def score_one(raw: str, truth: dict[str, Any]) -> dict[str, Any]:
 
 
 def accuracy_summary(rows: list[dict[str, Any]], scores: list[dict[str, Any]]) -> dict[str, Any]:
-    """Accuracy overall, per field, per language and per action; JSON validity."""
+    """Accuracy overall, per field, per language, per action and per unseen slot; JSON validity."""
     n = len(scores)
 
     def rate(values) -> float:
         values = list(values)
         return round(sum(values) / len(values), 4) if values else 0.0
 
-    groups: dict[str, dict[str, list[bool]]] = {"language": defaultdict(list), "action": defaultdict(list)}
+    groups: dict[str, dict[str, list[bool]]] = {
+        "language": defaultdict(list),
+        "action": defaultdict(list),
+        "unseen": defaultdict(list),
+    }
     for row, score in zip(rows, scores, strict=True):
         groups["language"][row.get("language", "unknown")].append(score["exact"])
         groups["action"][row["action"]].append(score["exact"])
+        if "unseen" in row:  # generated eval rows name the slots training never saw
+            for slot in row["unseen"] or ["none"]:
+                groups["unseen"][slot].append(score["exact"])
+    unseen = {k: {"n": len(v), "exact_match": rate(v)} for k, v in sorted(groups["unseen"].items())}
     return {
         "n": n,
         "exact_match": rate(s["exact"] for s in scores),
@@ -105,6 +113,8 @@ def accuracy_summary(rows: list[dict[str, Any]], scores: list[dict[str, Any]]) -
         "field_accuracy": {f: rate(s["fields"][f] for s in scores) for f in ANSWER_FIELDS},
         "by_language": {k: rate(v) for k, v in sorted(groups["language"].items())},
         "by_action": {k: rate(v) for k, v in sorted(groups["action"].items())},
+        # exact match on rows with an action expression / a product synonym that no training row uses
+        **({"by_unseen_slot": unseen} if unseen else {}),
     }
 
 

@@ -90,3 +90,20 @@ def test_diagnostics_keep_a_right_value_of_the_wrong_type_apart():
     score = score_one('{"action": "add", "product": "Milk", "quantity": "3"}', row)
     assert predicted_label(score, "quantity", 3) == WRONG_TYPE
     assert predicted_label(score, "product", "Milk") == "Milk"
+
+
+def test_rows_with_slots_training_never_saw_are_scored_apart():
+    rows = [
+        {"action": "add", "product": "Milk", "quantity": 1, "unseen": ["expression"]},
+        {"action": "add", "product": "Milk", "quantity": 1, "unseen": ["expression", "synonym"]},
+        {"action": "add", "product": "Milk", "quantity": 1, "unseen": []},
+    ]
+    right = '{"action": "add", "product": "Milk", "quantity": 1}'
+    scores = [score_one(out, r) for out, r in zip([right, "no", right], rows, strict=True)]
+    summary = accuracy_summary(rows, scores)
+    assert summary["by_unseen_slot"] == {
+        "expression": {"n": 2, "exact_match": 0.5},
+        "none": {"n": 1, "exact_match": 1.0},
+        "synonym": {"n": 1, "exact_match": 0.0},
+    }
+    assert "by_unseen_slot" not in accuracy_summary([{k: v for k, v in rows[2].items() if k != "unseen"}], scores[2:])
