@@ -25,6 +25,7 @@ class Forms:
     few: str = ""
     gender: str = "m"
     article: str = ""
+    bare: str = ""  # a plural-looking name meaning one item ("socks", "čarape", "los calcetines"): quantity 1
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Product:
     def all_surface_forms(self, language: str) -> list[str]:
         out = []
         for f in self.forms.get(language, ()):
-            out += [x for x in (f.one, f.few, f.many) if x]
+            out += [x for x in (f.one, f.few, f.many, f.bare) if x]
         return out
 
 
@@ -103,7 +104,7 @@ def _parse_forms(value, language: str, where: str) -> tuple[Forms, ...]:
             raise CatalogError(f"{where}: missing form(s) {missing}")
         if language in GENDERS and item["gender"] not in GENDERS[language]:
             raise CatalogError(f"{where}.gender: expected one of {list(GENDERS[language])}, got {item['gender']!r}")
-        unknown = set(item) - {"one", "few", "many", "gender", "article"}
+        unknown = set(item) - {"one", "few", "many", "gender", "article", "bare"}
         if unknown:
             raise CatalogError(f"{where}: unknown key(s) {sorted(unknown)}")
         parsed.append(Forms(**{k: str(v) for k, v in item.items()}))

@@ -9,6 +9,9 @@ folder). Settings come from params.yaml `eval:` (API baselines also `eval_api:`)
 NAME.json (compact metrics: strict and lenient exact match, JSON validity, time, per decoding mode, and
 KL divergence from the merged model), NAME.details.json (per field, language, action) and
 NAME.errors.jsonl (every wrong prediction: input, expected, raw output, parsed, failed fields).
+The details hold scikit-learn's per-field classification reports and the action and product confusion
+matrices. The pipeline's eval stages also score data/handwritten.jsonl (requests written by hand, not by
+the generator) with the same loaded model, into metrics/handwritten/.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ from ecommerce_slm.endpoint import resolve_endpoint
 from ecommerce_slm.engines import ApiEngine, LlamaCppEngine, TransformersEngine
 from ecommerce_slm.files import RowFormatError, iter_rows, read_jsonl, write_json, write_jsonl
 from ecommerce_slm.params import Section, check, is_pos_int
-from ecommerce_slm.paths import DEFAULT_CATALOG, EVAL_DIR, EVAL_FILE, TRAIN_FILE
-from ecommerce_slm.scoring import accuracy_summary, score_one
+from ecommerce_slm.paths import DEFAULT_CATALOG, EVAL_DIR, EVAL_FILE, HANDWRITTEN_DIR, HANDWRITTEN_FILE, TRAIN_FILE
+from ecommerce_slm.scoring import accuracy_summary, diagnostics, score_one
 from ecommerce_slm.task import (
     ANSWER_FIELDS,
     DECODING_MODES,
@@ -145,6 +148,7 @@ def score_mode(
     seconds = time.perf_counter() - start
     scores = [score_one(out, {f: r[f] for f in ANSWER_FIELDS}) for out, r in zip(raw, rows, strict=True)]
     details = accuracy_summary(rows, scores)
+    details["diagnostics"] = diagnostics(rows, scores)
     compact = {k: details[k] for k in ("exact_match", "lenient_match", "json_valid")}
     compact.update(seconds=round(seconds, 1), requests_per_second=round(len(rows) / seconds, 2))
     errors = [
@@ -157,6 +161,7 @@ def score_mode(
             "parsed": s["parsed"],
             "parse_error": s["parse_error"],
             "failed_fields": s["failed_fields"],
+            "unseen": r.get("unseen"),
         }
         for r, out, s in zip(rows, raw, scores, strict=True)
         if not s["exact"]
@@ -212,26 +217,22 @@ def open_engine(variant: Variant, cfg: EvalConfig, api: ApiSettings | None = Non
     )
 
 
-def evaluate(
-    variant: Variant,
-    rows: list[dict],
-    cfg: EvalConfig,
-    examples: list[dict] | None = None,
-    reference_dir: Path | None = None,
-    api: ApiSettings | None = None,
+def score_rows(
+    engine, variant: Variant, rows: list[dict], cfg: EvalConfig, examples: list[dict] | None = None
 ) -> tuple[dict, dict, list[dict]]:
-    """Run every decoding mode of cfg on rows; (metrics, details, errors)."""
-    start = time.perf_counter()
-    engine = open_engine(variant, cfg, api)
-    load_seconds = time.perf_counter() - start
+    """Every decoding mode of cfg on rows with an open engine; (metrics without KL, details, errors)."""
     schema = answer_schema(catalog_products(cfg.catalog))
     chats = conversations(rows, examples if variant.few_shot else None)
-    metrics = {"variant": variant.name, "engine": engine.kind, "n": len(rows), "load_seconds": round(load_seconds, 1)}
+    metrics = {"variant": variant.name, "engine": engine.kind, "n": len(rows)}
     details, errors = {"variant": variant.name}, []
     for mode in cfg.decoding:
         compact, details[mode], wrong = score_mode(engine, rows, chats, schema if mode == "json_schema" else None, mode)
         metrics[mode] = compact
         errors += wrong
+    return metrics, details, errors
+
+
+def add_kl(metrics: dict, engine, variant: Variant, rows: list[dict], cfg: EvalConfig, reference_dir: Path | None):
     metrics["kl_from_merged"], metrics["kl_note"] = None, None
     if variant.engine == "api":
         metrics["kl_note"] = "an API exposes no full next-token distributions"
@@ -243,6 +244,27 @@ def evaluate(
         kl = 0.0 if reference is engine else mean_kl(reference, engine, sequences)
         metrics["kl_from_merged"] = float(f"{kl:.3g}")  # significant digits, not decimals: KL spans 1e-6 to 1
         metrics["kl_note"] = f"mean over the answer tokens of {len(sequences)} eval requests"
+
+
+def evaluate(
+    variant: Variant,
+    rows: list[dict],
+    cfg: EvalConfig,
+    examples: list[dict] | None = None,
+    reference_dir: Path | None = None,
+    api: ApiSettings | None = None,
+    engine=None,
+) -> tuple[dict, dict, list[dict]]:
+    """Run every decoding mode of cfg on rows, and KL from the reference; (metrics, details, errors).
+
+    Opens the variant unless an open `engine` is given (the pipeline scores two sets with one load).
+    """
+    start = time.perf_counter()
+    engine = engine or open_engine(variant, cfg, api)
+    load_seconds = time.perf_counter() - start
+    metrics, details, errors = score_rows(engine, variant, rows, cfg, examples)
+    metrics["load_seconds"] = round(load_seconds, 1)
+    add_kl(metrics, engine, variant, rows, cfg, reference_dir)
     return metrics, details, errors
 
 
@@ -262,9 +284,9 @@ def check_outputs(out: Path) -> None:
 
 
 def write_results(out: Path, metrics: dict, details: dict, errors: list[dict]) -> None:
-    stem = out.name.removesuffix(".json")
-    write_json(out.with_name(f"{stem}.details.json"), details)
-    write_jsonl(out.with_name(f"{stem}.errors.jsonl"), errors)
+    details_file, errors_file, _ = result_files(out)
+    write_json(details_file, details)
+    write_jsonl(errors_file, errors)
     write_json(out, metrics)  # last: its presence means the other two are complete
 
 
@@ -281,40 +303,66 @@ def cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="evaluate only the first N rows (default: eval.limit)")
 
 
+def data_sha256(path: str | Path) -> str | None:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).is_file() else None
+
+
+def summary_line(name: str, metrics: dict, modes: list[str], out: Path) -> str:
+    scores = ", ".join(
+        f"{m}: exact {metrics[m]['exact_match']} lenient {metrics[m]['lenient_match']} json "
+        f"{metrics[m]['json_valid']} ({metrics[m]['seconds']} s)"
+        for m in modes
+    )
+    return f"{name} on {metrics['n']} rows: {scores} -> {out}"
+
+
 def run(variant: Variant, args: argparse.Namespace, cfg: EvalConfig, api: ApiSettings | None = None) -> str:
-    """Evaluate `variant` on args.data with cfg (and args.limit), write its three files; return the summary line."""
+    """Evaluate `variant` on args.data with cfg (and args.limit), write its three files; return the summary.
+
+    Without --out (the pipeline's eval stages) it also scores data/handwritten.jsonl with the same
+    engine into metrics/handwritten/; --limit applies to both.
+    """
     if args.limit is not None:
         cfg = cfg.with_overrides("--limit", limit=args.limit)
-    if args.out is None and Path(args.data).resolve() != EVAL_FILE.resolve():
+    pipeline = args.out is None
+    if pipeline and Path(args.data).resolve() != EVAL_FILE.resolve():
         raise EvalError(
             f"--data {args.data}: a file other than {EVAL_FILE} needs --out ({EVAL_DIR}/ holds the "
             f"pipeline's results on {EVAL_FILE}, which the report reads)"
         )
     out = Path(args.out or EVAL_DIR / f"{variant.file_stem}.json")
+    handwritten_out = HANDWRITTEN_DIR / f"{variant.file_stem}.json"
     check_outputs(out)
     endpoint = resolve_endpoint(api.base_url, api.api_key_env) if api is not None else None
     if endpoint is not None and endpoint.key is None and (endpoint.is_openai or api.api_key_env):
         reason = f"{endpoint.key_variable} is not set"
+        for path in [handwritten_out] if pipeline else []:
+            write_results(path, skipped(variant, reason), {"variant": variant.name}, [])
         write_results(out, skipped(variant, reason), {"variant": variant.name}, [])
         return f"{variant.name}: skipped, {reason} -> {out}"
     products = set(catalog_products(cfg.catalog) or []) or None
-    rows = load_rows(args.data, None, cfg.limit)
-    unknown = sorted({r["product"] for r in rows} - products) if products else []
-    if unknown and "json_schema" in cfg.decoding:
-        raise EvalError(
-            f"{args.data}: products {unknown[:5]} are not in eval.catalog {cfg.catalog}; json_schema decoding "
-            f'could never produce them (set eval.catalog: "" to allow any product)'
-        )
+    sets = [(Path(args.data), out)] + ([(HANDWRITTEN_FILE, handwritten_out)] if pipeline else [])
+    rows = {path: load_rows(path, None, cfg.limit) for path, _ in sets}
+    for path, path_rows in rows.items():
+        unknown = sorted({r["product"] for r in path_rows} - products) if products else []
+        if unknown and "json_schema" in cfg.decoding:
+            raise EvalError(
+                f"{path}: products {unknown[:5]} are not in eval.catalog {cfg.catalog}; json_schema decoding "
+                f'could never produce them (set eval.catalog: "" to allow any product)'
+            )
     examples = pick_few_shot(read_jsonl(TRAIN_FILE), cfg.few_shot, cfg.few_shot_seed) if variant.few_shot else None
-    metrics, details, errors = evaluate(variant, rows, cfg, examples, REFERENCE_DIR, api)
-    metrics["data"] = str(args.data)
-    metrics["data_sha256"] = (
-        hashlib.sha256(Path(args.data).read_bytes()).hexdigest() if Path(args.data).is_file() else None
-    )
-    write_results(out, metrics, details, errors)
-    modes = ", ".join(
-        f"{m}: exact {metrics[m]['exact_match']} lenient {metrics[m]['lenient_match']} json "
-        f"{metrics[m]['json_valid']} ({metrics[m]['seconds']} s)"
-        for m in cfg.decoding
-    )
-    return f"{variant.name} on {metrics['n']} rows: {modes}; KL {metrics['kl_from_merged']} -> {out}"
+    start = time.perf_counter()
+    engine = open_engine(variant, cfg, api)
+    load_seconds = time.perf_counter() - start
+    lines, kl = [], None
+    for index, (path, path_out) in enumerate(sets):
+        if index == 0:
+            metrics, details, errors = evaluate(variant, rows[path], cfg, examples, REFERENCE_DIR, api, engine)
+            metrics["load_seconds"] = round(load_seconds, 1)
+            kl = metrics["kl_from_merged"]
+        else:  # KL is a property of the model, measured once on the eval set
+            metrics, details, errors = score_rows(engine, variant, rows[path], cfg, examples)
+        metrics.update(data=str(path), data_sha256=data_sha256(path))
+        write_results(path_out, metrics, details, errors)
+        lines.append(summary_line(f"{variant.name} ({path.name})", metrics, cfg.decoding, path_out))
+    return f"{'; '.join(lines)}; KL {kl}"

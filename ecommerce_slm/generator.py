@@ -1,7 +1,7 @@
-"""Offline synthetic data: the program draws the ground truth, renders a template, adds noise.
+"""Synthetic data: the program draws the ground truth, a writer writes the request.
 
 The ground truth (language, action, product, quantity) is drawn the same way for every backend
-(`plan_specs`); only who writes the text differs (`render_offline` here, an LLM in metaprompt.py).
+(`plan_specs`); only who writes the text differs (compose.py offline, an LLM in metaprompt.py).
 """
 
 from __future__ import annotations
@@ -10,16 +10,10 @@ import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-
-import yaml
 
 from ecommerce_slm.catalog import Catalog, Forms
 from ecommerce_slm.cli import ProjectError
-from ecommerce_slm.language import render_item
-from ecommerce_slm.noise import NoiseVocab, add_noise
 from ecommerce_slm.params import Section, check, is_pos_int, is_rate
-from ecommerce_slm.paths import TEMPLATES_FILE
 from ecommerce_slm.task import ACTIONS
 
 ROUND_NUMBERS = {5, 6, 10, 12, 15, 20, 24, 25, 30, 40, 50}
@@ -56,24 +50,11 @@ class Spec:
     product: str
     quantity: int
     quantity_style: str  # implicit | digits | words
-    style: str  # template id (offline) or style id (metaprompt)
-
-
-def load_templates(path: Path = TEMPLATES_FILE) -> dict[str, dict[str, list[str]]]:
-    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-
-
-def template_ids(templates: dict, language: str, action: str) -> list[str]:
-    return [f"{language}.{action}.{i:02d}" for i in range(len(templates[language][action]))]
-
-
-def template_text(templates: dict, template_id: str) -> str:
-    language, action, index = template_id.split(".")
-    return templates[language][action][int(index)]
+    style: str  # frame id (offline) or style id (metaprompt)
 
 
 def split_heldout(ids: list[str], share: float, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded split of one list of template (or style) ids into (train, held out); at least one each."""
+    """Seeded split of one list of metaprompt style ids into (train, held out); at least one each."""
     shuffled = sorted(ids)
     random.Random(f"heldout:{seed}").shuffle(shuffled)
     n_held = min(len(ids) - 1, max(1, math.ceil(share * len(ids))))
@@ -114,22 +95,13 @@ def plan_specs(
 
 
 def pick_forms(catalog: Catalog, spec: Spec, rng: random.Random) -> Forms:
-    """The usual name most of the time, a synonym sometimes."""
+    """The usual name most of the time, a synonym sometimes (the metaprompt backend's product form)."""
     options = catalog[spec.product].forms[spec.language]
     return options[0] if len(options) == 1 or rng.random() < 0.7 else rng.choice(options[1:])
 
 
-def render_offline(
-    spec: Spec, catalog: Catalog, templates: dict, noise_rates: dict[str, float], vocab: NoiseVocab, rng: random.Random
-) -> tuple[str, list[str]]:
-    item = render_item(
-        spec.language, pick_forms(catalog, spec, rng), spec.quantity, spec.quantity_style, spec.action, rng
-    )
-    text = template_text(templates, spec.style).format(item=item)
-    return add_noise(text, spec.language, noise_rates, vocab, rng)
-
-
-Writer = Callable[[Spec, random.Random], tuple[str, list[str]]]
+# (text, noise kinds) or (text, noise kinds, slot metadata for the row); (None, reason) rejects the spec
+Writer = Callable[[Spec, random.Random], tuple]
 
 
 def generate_rows(
@@ -153,10 +125,10 @@ def generate_rows(
         if counts["drawn"] >= n * max_tries_per_row:
             raise GenerationError(
                 f"could only produce {len(rows)} of {n} distinct rows after {counts['drawn']} tries "
-                f"({counts}); add templates, products or noise, or lower the count"
+                f"({counts}); add slots, products or noise, or lower the count"
             )
         counts["drawn"] += 1
-        text, noise = write(spec, rng)
+        text, noise, *meta = write(spec, rng)
         if text is None:
             counts["rejected"] += 1
             continue
@@ -178,6 +150,7 @@ def generate_rows(
                 "style": spec.style,
                 "quantity_style": spec.quantity_style,
                 "noise": noise,
+                **(meta[0] if meta else {}),
             }
         )
     return rows, counts

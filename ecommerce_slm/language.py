@@ -90,8 +90,21 @@ def english_article(forms: Forms) -> str:
     return forms.article or ("an" if forms.one[:1].lower() in "aeio" else "a")
 
 
+def bare_item(language: str, bare: str, action: str, rng: random.Random) -> str:
+    """One item named by its plural-looking bare name: 'socks', 'the socks', 'unos calcetines', 'čarape'."""
+    if language == "en":
+        return f"the {bare}" if action == "remove" or rng.random() < 0.5 else bare
+    if language == "es" and action == "add" and rng.random() < 0.6:
+        article, rest = bare.split(" ", 1)
+        indefinite = {"los": "unos", "las": "unas"}.get(article, article)
+        return f"{indefinite} {rest}"
+    return bare
+
+
 def implicit_item(language: str, forms: Forms, action: str, rng: random.Random) -> str:
-    """A single item named without a number: 'the shampoo', 'un champú', 'šampon'."""
+    """A single item named without a number: 'the shampoo', 'un champú', 'šampon', 'socks'."""
+    if forms.bare and rng.random() < 0.5:
+        return bare_item(language, forms.bare, action, rng)
     if language == "en":
         determiner = "the" if action == "remove" else rng.choice([english_article(forms), "the"])
         return f"{determiner} {forms.one}"
@@ -114,19 +127,37 @@ def dozen_item(language: str, forms: Forms, n: int) -> str | None:
     return phrases.get((language, n))
 
 
+def couple_item(language: str, forms: Forms) -> str | None:
+    """'a couple of' = 2 where the language says so and the product is not itself a pair ('par de calcetines')."""
+    if language == "en" and not forms.one.startswith("pair "):
+        return f"a couple of {forms.many}"
+    if language == "es" and not forms.one.startswith("par "):
+        return f"un par de {forms.many}"
+    return None  # Croatian 'par' means a pair, or a few: not a number
+
+
 def render_item(language: str, forms: Forms, n: int, style: str, action: str, rng: random.Random) -> str:
-    """The quantity and product as the template's {item}; style is implicit, digits or words."""
+    """The quantity and product as an expression's {item}; style is implicit, digits or words.
+
+    Digits are mostly '3 shampoos', sometimes '3x shampoos' or 'shampoos x3' (the noun keeps the form the
+    number needs); words include the idioms 'a dozen', 'half a dozen', 'a couple of'.
+    """
     if style == "implicit":
         if n != 1:
             raise ValueError("render_item: only a quantity of 1 can be implicit")
         return implicit_item(language, forms, action, rng)
     noun = noun_for(language, forms, n)
     if style == "digits":
+        shape = rng.random()
+        if shape < 0.1:
+            return f"{n}x {noun}"
+        if shape < 0.2:
+            return f"{noun} x{n}"
         return f"{n} {noun}"
     if style == "words":
-        dozen = dozen_item(language, forms, n)
-        if dozen and rng.random() < 0.5:
-            return dozen
+        idiom = dozen_item(language, forms, n) or (couple_item(language, forms) if n == 2 else None)
+        if idiom and rng.random() < 0.5:
+            return idiom
         return f"{number_words(language, n, forms.gender)} {noun}"
     raise ValueError(f"render_item: unknown quantity style {style!r}")
 
@@ -139,6 +170,8 @@ def quantity_mentions(language: str, n: int) -> list[str]:
             mentions.add(number_words(language, n, gender))
         except (KeyError, ValueError):
             pass
+    if n == 2:
+        mentions.update({"couple", "par de"})
     if n == 12:
         mentions.update({"dozen", "docena", "tucet"})
     if n == 6:

@@ -28,7 +28,7 @@ from ecommerce_slm.params import Section, check, is_pos_int
 
 LANGUAGE_NAMES = {"en": "English", "hr": "Croatian", "es": "Spanish"}
 
-# Styles play the role of templates: a seeded share is held out of training, for the eval set.
+# Styles play the role of the offline frames: a seeded share is held out of training, for the eval set.
 STYLES = [
     "a polite, formal request",
     "a terse command of a few words",
@@ -52,6 +52,7 @@ NOISE_INSTRUCTIONS = {
     "slang": "texting slang such as {slang}",
     "greeting": "a greeting or a sign-off",
     "emoji": "one or two emojis",
+    "ascii": "no diacritics (typed on a keyboard without them)",
     "casing": "all lower-case letters",
 }
 
@@ -135,11 +136,12 @@ def _tokens(text: str) -> list[str]:
     return re.findall(r"[^\W_]+", fold(text))
 
 
-def language_markers(templates: dict, catalog: Catalog) -> dict[str, set[str]]:
-    """Words that only one language's templates and product names use: a small language identifier."""
+def language_markers(phrases: dict, catalog: Catalog) -> dict[str, set[str]]:
+    """Words that only one language's phrases (compose.slot_texts) and product names use: a small
+    language identifier."""
     words = {}
-    for lang, actions in templates.items():
-        texts = [tpl.replace("{item}", "") for ts in actions.values() for tpl in ts]
+    for lang, groups in phrases.items():
+        texts = [text for group in groups.values() for text in group]
         texts += [form for p in catalog.products for form in p.all_surface_forms(lang)]
         words[lang] = {t for text in texts for t in _tokens(text) if len(t) > 1 and not t.isdigit()}
     return {lang: ws - set().union(*(w for other, w in words.items() if other != lang)) for lang, ws in words.items()}
@@ -208,13 +210,13 @@ class MetapromptWriter:
         self,
         cfg: MetapromptConfig,
         catalog: Catalog,
-        templates: dict,
+        phrases: dict,
         noise_rates: dict[str, float],
         vocab: NoiseVocab,
         client=None,
     ):
         self.cfg, self.catalog, self.noise_rates, self.vocab = cfg, catalog, noise_rates, vocab
-        self.markers = language_markers(templates, catalog)
+        self.markers = language_markers(phrases, catalog)
         self.cache_dir = Path(cfg.cache_dir)
         self.endpoint = resolve_endpoint(cfg.base_url, cfg.api_key_env)
         self.client = client or self._client()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,14 +15,15 @@ from ecommerce_slm.params import Section, check, is_rate
 from ecommerce_slm.paths import NOISE_FILE
 
 # Applied in this order: typos hit the request itself, then text is added around it, casing last.
-NOISE_TYPES = ("typo", "brand", "code_switch", "slang", "greeting", "emoji", "casing")
+NOISE_TYPES = ("typo", "brand", "code_switch", "slang", "greeting", "emoji", "ascii", "casing")
+NOT_IN_ENGLISH = ("code_switch", "ascii")  # English has no diacritics to drop and is what others switch to
 
 _WORD = re.compile(r"[^\W\d_]{4,}")  # letters only: typos never touch digits, so quantities survive
 
 
 @dataclass
 class NoiseConfig(Section):
-    """`data.noise:` per-request probability of each noise injector (code_switch applies to non-English only)."""
+    """`data.noise:` per-request probability of each noise injector (code_switch and ascii: non-English only)."""
 
     typo: float = 0.25
     slang: float = 0.15
@@ -29,6 +31,7 @@ class NoiseConfig(Section):
     emoji: float = 0.15
     brand: float = 0.1
     code_switch: float = 0.15
+    ascii: float = 0.2  # typed without diacritics: 'cetkicu' for 'četkicu', 'anade' for 'añade'
     casing: float = 0.1
 
     def __post_init__(self):
@@ -84,6 +87,12 @@ def typo(text: str, rng: random.Random) -> str | None:
     return text if text != original else None
 
 
+def without_diacritics(text: str) -> str:
+    """What a keyboard without the letters types: č ć š ž -> c c s z, đ -> d, ñ á -> n a."""
+    text = text.replace("đ", "d").replace("Đ", "D")
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+
+
 def _append(text: str, phrase: str) -> str:
     body, punct = re.match(r"^(.*?)([.!?]*)$", text, re.S).groups()
     joiner = "" if phrase[:1] in ",-" else " "
@@ -117,6 +126,8 @@ def inject(kind: str, text: str, language: str, vocab: NoiseVocab, rng: random.R
     if kind == "emoji":
         emojis = "".join(rng.choice(vocab.emoji) for _ in range(rng.choice([1, 1, 2, 3])))
         return f"{emojis} {text}" if rng.random() < 0.25 else f"{text} {emojis}"
+    if kind == "ascii":
+        return None if language == "en" else without_diacritics(text)
     if kind == "casing":
         return text.lower() if rng.random() < 0.75 else text.upper()
     raise ValueError(f"unknown noise kind {kind!r}")

@@ -11,22 +11,25 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parent
 RESOURCES = PACKAGE / "resources"
-TEMPLATES_FILE = RESOURCES / "templates.yaml"
+SLOTS_FILE = RESOURCES / "slots.yaml"
 NOISE_FILE = RESOURCES / "noise.yaml"
 DEFAULT_CATALOG = "ecommerce_slm/resources/catalog.yaml"  # as params.yaml writes it (data.catalog, eval.catalog)
 PARETO_TEMPLATE_DIR = Path(".dvc/plots")  # pareto.json: the Vega-Lite template of `dvc plots` and the PNGs
 PARETO_TEMPLATE = PARETO_TEMPLATE_DIR / "pareto.json"
-RESOURCES_READ = {
-    "TEMPLATES_FILE": TEMPLATES_FILE,
-    "NOISE_FILE": NOISE_FILE,
-    "PARETO_TEMPLATE_DIR": PARETO_TEMPLATE,
-    "PARETO_TEMPLATE": PARETO_TEMPLATE,
-}
 
 DATA = Path("data")
 TRAIN_FILE = DATA / "train.jsonl"
 VALIDATION_FILE = DATA / "validation.jsonl"
 EVAL_FILE = DATA / "eval.jsonl"
+HANDWRITTEN_FILE = DATA / "handwritten.jsonl"  # in git: requests written by hand, a second held-out test set
+
+RESOURCES_READ = {
+    "SLOTS_FILE": SLOTS_FILE,
+    "NOISE_FILE": NOISE_FILE,
+    "PARETO_TEMPLATE_DIR": PARETO_TEMPLATE,
+    "PARETO_TEMPLATE": PARETO_TEMPLATE,
+    "HANDWRITTEN_FILE": HANDWRITTEN_FILE,
+}
 
 MODELS = Path("models")
 BASE_DIR = MODELS / "base"
@@ -44,6 +47,7 @@ TRAIN_METRICS = METRICS / "train.json"
 MERGE_METRICS = METRICS / "merge.json"
 HARDWARE_FILE = METRICS / "hardware.json"
 EVAL_DIR = METRICS / "eval"
+HANDWRITTEN_DIR = METRICS / "handwritten"  # every variant's scores on HANDWRITTEN_FILE
 BENCH_DIR = METRICS / "bench"
 VARIANT_INFO_DIR = METRICS / "variants"  # what each quantized file really is
 PARETO_DIR = METRICS / "pareto"

@@ -1,9 +1,10 @@
 """Stage `report`: one table and three Pareto frontiers to choose a variant for this hardware.
 
-Reads metrics/eval/V.json, metrics/bench/V.json and metrics/variants/V.json of every variant
-(merged, gptq, F16 and each of gguf.levels) and writes
+Reads metrics/eval/V.json, metrics/handwritten/V.json, metrics/bench/V.json and metrics/variants/V.json
+of every variant (merged, gptq, F16 and each of gguf.levels) and writes
     metrics/summary.json        every number, per variant, with the hardware they were measured on
-    reports/summary.md          the same as a Markdown table (pasted into the README)
+    reports/summary.md          the same as Markdown tables, overall and per language (pasted into the README)
+    reports/product_confusions.png  the merged model's most frequent product confusions, both test sets
     metrics/pareto/AXIS.json    plot data for `dvc plots` (template .dvc/plots/pareto.json)
     reports/pareto_AXIS.png     the frontiers as images, drawn from that same template
     reports/report.html         an interactive page (plotly, with plotly.js inlined: works offline)
@@ -75,6 +76,7 @@ def read_json(path: Path, needed_by: str) -> dict:
 def variant_row(name: str, metrics_dir: Path, decoding: str, parameters: int | None) -> tuple[dict, dict]:
     """One table row from the eval, bench and variant-file metrics of `name`, and the bench's hardware."""
     ev = read_json(metrics_dir / "eval" / f"{name}.json", name)
+    handwritten = read_json(metrics_dir / "handwritten" / f"{name}.json", name)
     bench = read_json(metrics_dir / "bench" / f"{name}.json", name)
     if "skipped" in ev:
         raise ReportError(f"{metrics_dir}/eval/{name}.json: eval was skipped ({ev['skipped']})")
@@ -101,6 +103,9 @@ def variant_row(name: str, metrics_dir: Path, decoding: str, parameters: int | N
         "exact_match_free": ev.get("free", {}).get("exact_match"),
         "exact_match_json_schema": ev.get("json_schema", {}).get("exact_match"),
         "json_valid_free": ev.get("free", {}).get("json_valid"),
+        "handwritten_exact_free": handwritten.get("free", {}).get("exact_match"),
+        "handwritten_exact_json_schema": handwritten.get("json_schema", {}).get("exact_match"),
+        "by_language": language_scores(metrics_dir, name),
         "kl_from_merged": ev.get("kl_from_merged"),
         "file_mib": bench["file_mib"],
         "bits_per_weight": bpw,
@@ -125,6 +130,46 @@ def variant_row(name: str, metrics_dir: Path, decoding: str, parameters: int | N
     }, bench["hardware"]
 
 
+def language_scores(metrics_dir: Path, name: str) -> dict:
+    """Free-decoding exact match per language on each test set, from the eval details."""
+    out = {}
+    for test_set in ("eval", "handwritten"):
+        details_file = metrics_dir / test_set / f"{name}.details.json"
+        details = json.loads(details_file.read_text()) if details_file.exists() else {}
+        out[test_set] = details.get("free", {}).get("by_language", {})
+    return out
+
+
+def top_confusions(metrics_dir: Path, name: str = "merged", decoding: str = "free") -> list[dict]:
+    """The most frequent product confusions of one variant on both test sets (from its details)."""
+    rows = []
+    for test_set in ("eval", "handwritten"):
+        details_file = metrics_dir / test_set / f"{name}.details.json"
+        if details_file.exists():
+            details = json.loads(details_file.read_text())
+            confusion = details.get(decoding, {}).get("diagnostics", {}).get("confusion", {}).get("product", {})
+            rows += [
+                {"pair": f"{c['expected']} -> {c['predicted']}", "count": c["count"], "set": test_set}
+                for c in confusion.get("top", [])
+            ]
+    return rows
+
+
+def confusion_spec(rows: list[dict], name: str) -> dict:
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "title": f"{name}: most frequent product confusions (expected -> predicted, free decoding)",
+        "data": {"values": rows},
+        "mark": "bar",
+        "encoding": {
+            "y": {"field": "pair", "type": "nominal", "sort": "-x", "title": None},
+            "x": {"field": "count", "type": "quantitative", "title": "requests"},
+            "color": {"field": "set", "type": "nominal", "title": "test set"},
+        },
+        "width": 420,
+    }
+
+
 def api_metrics(eval_dir: Path) -> list[Path]:
     """metrics/eval/api-MODEL.json, where MODEL may hold '/' (then the file sits in a subfolder)."""
     if not eval_dir.is_dir():
@@ -144,6 +189,8 @@ def reference_rows(metrics_dir: Path, decoding: str) -> list[dict]:
         if not f.exists() or f.name.endswith(".details.json"):
             continue
         ev = json.loads(f.read_text())
+        handwritten_file = metrics_dir / "handwritten" / f.relative_to(metrics_dir / "eval")
+        handwritten = json.loads(handwritten_file.read_text()) if handwritten_file.exists() else {}
         if "skipped" in ev:
             rows.append({"variant": ev["variant"], "skipped": ev["skipped"]})
         else:
@@ -154,6 +201,8 @@ def reference_rows(metrics_dir: Path, decoding: str) -> list[dict]:
                     "exact_match_free": ev.get("free", {}).get("exact_match"),
                     "exact_match_json_schema": ev.get("json_schema", {}).get("exact_match"),
                     "json_valid_free": ev.get("free", {}).get("json_valid"),
+                    "handwritten_exact_free": handwritten.get("free", {}).get("exact_match"),
+                    "handwritten_exact_json_schema": handwritten.get("json_schema", {}).get("exact_match"),
                     "kl_from_merged": ev.get("kl_from_merged"),
                 }
             )
@@ -232,10 +281,11 @@ def markdown(summary: dict) -> str:
         f"{hw['versions']['llama_cpp_python']}. Exact match on {summary['eval_rows']} eval requests; speed: median of "
         f"{summary['bench_repeats']} fresh processes. Pareto frontiers on `{summary['decoding']}` exact match.",
         "",
-        "| variant | exact (free) | exact (schema) | JSON valid | KL from merged | size MiB | bits/weight | gen tok/s "
+        "| variant | exact (free) | exact (schema) | handwritten (free) | handwritten (schema) | JSON valid | "
+        "KL from merged | size MiB | bits/weight | gen tok/s "
         "(range) | llama.cpp's own tok/s | % of bandwidth bound | prompt tok/s | peak RSS MiB | load s | J/token | "
         "frontier (RAM / speed / size) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["variants"]:
         lo, hi = r["generation_tokens_per_s_range"]
@@ -243,6 +293,7 @@ def markdown(summary: dict) -> str:
         kl = r["kl_from_merged"]
         lines.append(
             f"| {r['variant']} | {fmt(r['exact_match_free'])} | {fmt(r['exact_match_json_schema'])} | "
+            f"{fmt(r['handwritten_exact_free'])} | {fmt(r['handwritten_exact_json_schema'])} | "
             f"{fmt(r['json_valid_free'], 2)} | {kl_text(kl)} | {fmt(r['file_mib'], 1)} | "
             f"{fmt(r['bits_per_weight'], 2)} | {fmt(r['generation_tokens_per_s'], 1)} ({lo:.0f}-{hi:.0f}) | "
             f"{fmt(r['generation_tokens_per_s_llama_cpp'], 1)} | {fmt(100 * r['fraction_of_bandwidth_bound'], 0, '%')} | "
@@ -251,11 +302,12 @@ def markdown(summary: dict) -> str:
         )
     for r in summary["references"]:
         if "skipped" in r:
-            lines.append(f"| {r['variant']} (reference) | skipped: {r['skipped']} |" + " |" * 13)
+            lines.append(f"| {r['variant']} (reference) | skipped: {r['skipped']} |" + " |" * 15)
         else:
             lines.append(
                 f"| {r['variant']} (reference, few-shot) | {fmt(r['exact_match_free'])} | "
-                f"{fmt(r['exact_match_json_schema'])} | {fmt(r['json_valid_free'], 2)} | "
+                f"{fmt(r['exact_match_json_schema'])} | {fmt(r.get('handwritten_exact_free'))} | "
+                f"{fmt(r.get('handwritten_exact_json_schema'))} | {fmt(r['json_valid_free'], 2)} | "
                 f"{kl_text(r['kl_from_merged'])} |" + " |" * 10
             )
     energy_notes = sorted(
@@ -269,7 +321,25 @@ def markdown(summary: dict) -> str:
         CAVEAT,
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + language_table(summary))
+
+
+def language_table(summary: dict) -> list[str]:
+    """Exact match (free decoding) per language, on the generated eval set and on the handwritten set."""
+    languages = sorted({lang for r in summary["variants"] for lang in r["by_language"]["eval"]})
+    lines = [
+        "Per language, exact match (free decoding): generated eval set / handwritten set.",
+        "",
+        "| variant | " + " | ".join(languages) + " |",
+        "|---|" + "---|" * len(languages),
+    ]
+    for r in summary["variants"]:
+        cells = [
+            f"{fmt(r['by_language']['eval'].get(lang))} / {fmt(r['by_language']['handwritten'].get(lang))}"
+            for lang in languages
+        ]
+        lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def plotly_page(summary: dict, table_md: str) -> str:
@@ -342,6 +412,7 @@ def build_summary(metrics_dir: Path, variants: list[str], decoding: str) -> dict
             a.name: frontier([Point(r["variant"], r[a.name], r["exact_match"]) for r in rows], a.higher_is_better)
             for a in AXES
         },
+        "product_confusions": top_confusions(metrics_dir),
         "caveat": CAVEAT,
     }
 
@@ -355,6 +426,8 @@ def write_report(summary: dict, metrics_dir: Path, reports_dir: Path, template_d
         write_json(metrics_dir / "pareto" / f"{axis.name}.json", data)
         spec = vega_spec(data, axis, summary["decoding"], template_dir)
         atomic_write_bytes(reports_dir / f"pareto_{axis.name}.png", vl_convert.vegalite_to_png(spec, scale=2))
+    spec = confusion_spec(summary["product_confusions"], "merged")  # empty when merged confuses no product
+    atomic_write_bytes(reports_dir / "product_confusions.png", vl_convert.vegalite_to_png(spec, scale=2))
     atomic_write_text(reports_dir / "summary.md", table)
     atomic_write_text(reports_dir / "report.html", plotly_page(summary, table))
     write_json(metrics_dir / "summary.json", summary)  # last: its presence means the rest is complete

@@ -15,20 +15,22 @@ from typing import ClassVar
 
 from ecommerce_slm.catalog import Catalog, load_catalog
 from ecommerce_slm.cli import ProjectError, stage_main
+from ecommerce_slm.compose import SLOT_NAMES, ComposeWriter, load_slots, slot_texts, split_slots
 from ecommerce_slm.files import RowFormatError, iter_rows, write_json, write_jsonl
-from ecommerce_slm.generator import (
-    QuantityConfig,
-    generate_rows,
-    load_templates,
-    plan_specs,
-    render_offline,
-    split_heldout,
-    template_ids,
-)
+from ecommerce_slm.generator import QuantityConfig, generate_rows, plan_specs, split_heldout
 from ecommerce_slm.metaprompt import STYLE_IDS, MetapromptConfig, MetapromptWriter
-from ecommerce_slm.noise import NOISE_TYPES, NoiseConfig, NoiseVocab
+from ecommerce_slm.noise import NOISE_TYPES, NOT_IN_ENGLISH, NoiseConfig, NoiseVocab
 from ecommerce_slm.params import ParamError, Section, check, is_pos_int, is_rate
-from ecommerce_slm.paths import DATA_DETAILS, DATA_STATS, DEFAULT_CATALOG, EVAL_FILE, TRAIN_FILE, VALIDATION_FILE
+from ecommerce_slm.paths import (
+    DATA_DETAILS,
+    DATA_STATS,
+    DEFAULT_CATALOG,
+    EVAL_FILE,
+    HANDWRITTEN_FILE,
+    SLOTS_FILE,
+    TRAIN_FILE,
+    VALIDATION_FILE,
+)
 from ecommerce_slm.task import ACTIONS, InvalidRow, validate_row
 
 OUTPUTS = {"train": TRAIN_FILE, "validation": VALIDATION_FILE, "eval": EVAL_FILE}
@@ -40,8 +42,13 @@ class DataConfig(Section):
 
     source: empty to synthesise; else a JSONL or CSV file, or a `datasets.save_to_disk` folder,
             with fields text, action, product, quantity (language optional).
-    eval_source: the same for the eval set; empty generates it with held-out templates.
-    backend: `offline` (templates + noise injectors) or `metaprompt` (an LLM writes the text).
+    eval_source: the same for the eval set; empty generates it with held-out slots.
+    backend: `offline` (requests composed from independent slots, resources/slots.yaml, plus noise
+             injectors) or `metaprompt` (an LLM writes the text).
+    heldout_share: the share of frames, action expressions and product synonyms (metaprompt: styles)
+             that training never sees; the eval set is written with them.
+    eval_unseen_share: of the eval rows, the share that uses a held-out expression, and (independently)
+             a held-out synonym where the product has one.
     """
 
     SECTION: ClassVar[str] = "data"
@@ -55,7 +62,8 @@ class DataConfig(Section):
     validation_share: float = 0.1
     seed: int = 42
     eval_seed: int = 4242
-    heldout_template_share: float = 0.2
+    heldout_share: float = 0.2
+    eval_unseen_share: float = 0.5
     on_invalid: str = "error"
     quantity: QuantityConfig = field(default_factory=QuantityConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -80,10 +88,16 @@ class DataConfig(Section):
         )
         check(self.seed != self.eval_seed, "eval_seed", "a seed different from data.seed", self.eval_seed)
         check(
-            is_rate(self.heldout_template_share) and 0 < self.heldout_template_share < 1,
-            "heldout_template_share",
+            is_rate(self.heldout_share) and 0 < self.heldout_share < 1,
+            "heldout_share",
             "a share in (0, 1)",
-            self.heldout_template_share,
+            self.heldout_share,
+        )
+        check(
+            is_rate(self.eval_unseen_share) and self.eval_unseen_share > 0,
+            "eval_unseen_share",
+            "a share in (0, 1]",
+            self.eval_unseen_share,
         )
         check(self.on_invalid in ("error", "drop"), "on_invalid", "error or drop", self.on_invalid)
         check(bool(self.catalog), "catalog", "a catalog file path", self.catalog)
@@ -124,35 +138,37 @@ def unique_texts(rows: list[dict]) -> list[dict]:
     return out
 
 
-def style_split(cfg: DataConfig, templates: dict) -> tuple[dict, dict]:
-    """(train styles, held-out styles) per (language, action): templates offline, LLM styles otherwise."""
+def metaprompt_styles(cfg: DataConfig) -> tuple[dict, dict]:
+    """(train styles, held-out styles) per (language, action) for the LLM backend."""
     train, heldout = {}, {}
     for language in cfg.languages:
         for action in ACTIONS:
-            ids = template_ids(templates, language, action) if cfg.backend == "offline" else STYLE_IDS
             train[(language, action)], heldout[(language, action)] = split_heldout(
-                ids, cfg.heldout_template_share, cfg.seed
+                STYLE_IDS, cfg.heldout_share, cfg.seed
             )
     return train, heldout
 
 
 def synthesize(
-    cfg: DataConfig, catalog: Catalog, templates: dict | None = None, vocab: NoiseVocab | None = None, client=None
+    cfg: DataConfig, catalog: Catalog, vocab: NoiseVocab | None = None, client=None
 ) -> tuple[dict[str, list[dict]], dict]:
     """Produce the three splits and their stats from params alone (deterministic for a seed)."""
-    templates = templates or load_templates()
+    slots = load_slots()
     vocab = vocab or NoiseVocab.load()
-    missing = [lang for lang in cfg.languages if lang not in templates]
+    missing = [lang for lang in cfg.languages if lang not in slots.frames]
     if missing:
-        raise ParamError(f"params.yaml: data.languages: no templates for {missing}")
+        raise ParamError(f"params.yaml: data.languages: no slots for {missing} in {SLOTS_FILE}")
     rates = cfg.noise.rates()
+    split = None
     if cfg.backend == "offline":
-
-        def write(spec, rng):
-            return render_offline(spec, catalog, templates, rates, vocab, rng)
+        split = split_slots(slots, catalog, cfg.languages, cfg.heldout_share, cfg.seed)
+        write = ComposeWriter(slots, catalog, split, rates, vocab)
+        write_eval = ComposeWriter(slots, catalog, split, rates, vocab, unseen_share=cfg.eval_unseen_share)
+        train_styles = {(lang, a): write.frame_ids(lang) for lang in cfg.languages for a in ACTIONS}
+        heldout_styles = {(lang, a): write_eval.frame_ids(lang) for lang in cfg.languages for a in ACTIONS}
     else:
-        write = MetapromptWriter(cfg.metaprompt, catalog, templates, rates, vocab, client=client)
-    train_styles, heldout_styles = style_split(cfg, templates)
+        write = write_eval = MetapromptWriter(cfg.metaprompt, catalog, slot_texts(slots), rates, vocab, client=client)
+        train_styles, heldout_styles = metaprompt_styles(cfg)
 
     stats: dict = {"backend": cfg.backend if not cfg.source else "source", "dropped_rows": 0}
     if cfg.source:
@@ -192,9 +208,18 @@ def synthesize(
     else:
         rng = random.Random(cfg.eval_seed)
         splits["eval"], eval_counts = generate_rows(
-            plan_specs(cfg.languages, cfg.quantity, catalog, heldout_styles, rng), write, cfg.n_eval, rng, exclude=seen
+            plan_specs(cfg.languages, cfg.quantity, catalog, heldout_styles, rng),
+            write_eval,
+            cfg.n_eval,
+            rng,
+            exclude=seen,
         )
     stats.update(dataset_stats(splits, counts, eval_counts, train_styles, heldout_styles))
+    if split is not None and not cfg.source:
+        stats["heldout"].update(slot_stats(splits, split))
+    if HANDWRITTEN_FILE.exists():  # the hand-written test set is never read to make data: only checked against it
+        handwritten = {row["text"].casefold() for _, row in iter_rows(HANDWRITTEN_FILE)}
+        stats["heldout"]["handwritten_texts_in_train"] = len(handwritten & seen)
     if isinstance(write, MetapromptWriter):
         stats["metaprompt"] = write.stats()
     return splits, stats
@@ -215,7 +240,7 @@ def dataset_stats(
 
     noise = {}
     for kind in NOISE_TYPES:
-        eligible = [r for r in train if kind != "code_switch" or r.get("language") != "en"]
+        eligible = [r for r in train if kind not in NOT_IN_ENGLISH or r.get("language") != "en"]
         noise[kind] = share(eligible, lambda r, k=kind: k in r.get("noise", []))
     return {
         "rows": {name: len(rows) for name, rows in splits.items()},
@@ -249,6 +274,24 @@ def dataset_stats(
     }
 
 
+def slot_stats(splits: dict[str, list[dict]], split) -> dict:
+    """Held-out share per slot, how many training rows use a held-out slot (must be 0), and how many eval
+    rows use an expression or a synonym training never saw."""
+    trained = splits["train"] + splits["validation"]
+    used = {
+        "frame": lambda r: r.get("style"),
+        "expression": lambda r: r.get("expression"),
+        "synonym": lambda r: r.get("product_form"),
+    }
+    return {
+        "slots": split.shares(),
+        "train_rows_with_heldout_slot": sum(any(used[s](r) in split.heldout[s] for s in SLOT_NAMES) for r in trained),
+        "eval_rows_unseen": {
+            slot: sum(slot in r.get("unseen", []) for r in splits["eval"]) for slot in ("expression", "synonym")
+        },
+    }
+
+
 def compact_stats(stats: dict) -> dict:
     """The stats without the per-split and per-product breakdowns."""
     compact = {k: v for k, v in stats.items() if k not in ("languages", "actions", "products", "dropped_examples")}
@@ -269,7 +312,7 @@ def main(argv: list[str] | None = None) -> str:
     write_json(DATA_STATS, compact_stats(stats))
     return (
         f"{stats['rows']} rows, languages {stats['languages']['train']}, "
-        f"duplicate rate {stats['duplicate_rate']}, held-out template share {stats['heldout']['heldout_share']}"
+        f"duplicate rate {stats['duplicate_rate']}, held-out share {stats['heldout']['heldout_share']}"
     )
 
 

@@ -59,7 +59,7 @@ class TrainConfig(Section):
     """
 
     SECTION: ClassVar[str] = "train"
-    quantization: str = "nf4"  # nf4: QLoRA, base loaded 4-bit through bitsandbytes | none: plain LoRA
+    quantization: str = "none"  # none: plain LoRA | nf4: QLoRA, base loaded 4-bit through bitsandbytes
     double_quant: bool = True
     # matmul dtype: auto (bfloat16 where the hardware has it, else float32) | float32 | bfloat16 | float16
     compute_dtype: str = "auto"
@@ -68,7 +68,7 @@ class TrainConfig(Section):
     lora_dropout: float = 0.0  # CPU dropout draws a random mask per LoRA input: 30% of the step time
     target_modules: list = field(default_factory=lambda: list(LINEAR_PROJECTIONS))
     epochs: float = 1.0
-    max_steps: int = 280  # > 0 overrides epochs
+    max_steps: int = 180  # > 0 overrides epochs
     batch_size: int = 8
     gradient_accumulation: int = 1
     learning_rate: float = 2e-3

@@ -24,10 +24,17 @@ def catalog():
 
 
 @pytest.fixture(scope="session")
-def templates():
-    from ecommerce_slm.generator import load_templates
+def slots():
+    from ecommerce_slm.compose import load_slots
 
-    return load_templates()
+    return load_slots()
+
+
+@pytest.fixture(scope="session")
+def phrases(slots):
+    from ecommerce_slm.compose import slot_texts
+
+    return slot_texts(slots)
 
 
 @pytest.fixture(scope="session")

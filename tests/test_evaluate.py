@@ -1,6 +1,7 @@
 """The evaluate CLI and stage on tiny models, few-shot prompts, KL, and the API baseline paths."""
 
 import json
+import shutil
 
 import pytest
 
@@ -121,3 +122,52 @@ def test_api_baseline_against_local_server(local_server, monkeypatch):
     assert metrics["n"] == 1 and metrics["kl_from_merged"] is None and "API" in metrics["kl_note"]
     assert metrics["json_schema"]["json_valid"] == 1.0  # the server enforced the schema
     assert all(e["raw"] is not None for e in errors)
+
+
+def in_a_project(tmp_path, monkeypatch):
+    """tmp_path as the working directory of a project: params.yaml and the catalog it names."""
+    from conftest import ROOT
+
+    shutil.copy(ROOT / "params.yaml", tmp_path)
+    shutil.copytree(ROOT / "ecommerce_slm" / "resources", tmp_path / "ecommerce_slm" / "resources")
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+
+
+def test_the_pipeline_eval_also_scores_the_handwritten_set_with_the_same_model(tiny_model_dir, tmp_path, monkeypatch):
+    in_a_project(tmp_path, monkeypatch)
+    write_rows(tmp_path / "data" / "eval.jsonl")
+    write_rows(tmp_path / "data" / "handwritten.jsonl", ROWS[:1])
+    assert main(["--model", str(tiny_model_dir)]) == 0
+    stem = tiny_model_dir.name
+    generated = json.loads((tmp_path / "metrics" / "eval" / f"{stem}.json").read_text())
+    handwritten = json.loads((tmp_path / "metrics" / "handwritten" / f"{stem}.json").read_text())
+    assert generated["n"] == 2 and generated["data"] == "data/eval.jsonl"
+    assert handwritten["n"] == 1 and handwritten["data"] == "data/handwritten.jsonl"
+    assert handwritten["data_sha256"] != generated["data_sha256"]
+    details = json.loads((tmp_path / "metrics" / "handwritten" / f"{stem}.details.json").read_text())
+    assert details["free"]["diagnostics"]["confusion"]["action"]["labels"][0] == "add"
+    assert (tmp_path / "metrics" / "handwritten" / f"{stem}.errors.jsonl").exists()
+
+
+def test_the_pipeline_eval_needs_the_handwritten_set(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    in_a_project(tmp_path, monkeypatch)
+    write_rows(tmp_path / "data" / "eval.jsonl")
+    assert main(["--model", str(tiny_model_dir)]) == 1
+    assert "data/handwritten.jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "metrics" / "eval").exists()  # nothing written before the check
+
+
+def test_the_handwritten_set_is_valid_and_covers_every_language():
+    from collections import Counter
+
+    from conftest import ROOT
+
+    from ecommerce_slm.catalog import load_catalog
+
+    rows = load_rows(
+        ROOT / "data" / "handwritten.jsonl", set(load_catalog(ROOT / "ecommerce_slm/resources/catalog.yaml", []).names)
+    )
+    assert min(Counter(r["language"] for r in rows).values()) >= 50
+    assert len({r["text"].casefold() for r in rows}) == len(rows)
+    assert set(Counter(r["action"] for r in rows)) == {"add", "remove"}

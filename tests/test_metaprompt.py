@@ -9,8 +9,8 @@ from stages.synthesize import DataConfig, synthesize
 
 
 @pytest.fixture(scope="module")
-def markers(templates, catalog):
-    return language_markers(templates, catalog)
+def markers(phrases, catalog):
+    return language_markers(phrases, catalog)
 
 
 def spec(**kw):
@@ -48,11 +48,11 @@ def test_language_detection(markers):
     assert detect_language("Please remove the backpack from my cart", markers) == "en"
 
 
-def test_openai_endpoint_needs_a_key(catalog, templates, vocab, monkeypatch):
+def test_openai_endpoint_needs_a_key(catalog, phrases, vocab, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     cfg = DataConfig.from_dict({"backend": "metaprompt"}).metaprompt
     with pytest.raises(EndpointError, match="OPENAI_API_KEY"):
-        MetapromptWriter(cfg, catalog, templates, {}, vocab)
+        MetapromptWriter(cfg, catalog, phrases, {}, vocab)
 
 
 def test_unreachable_endpoint_fails_loudly(catalog, tmp_path):

@@ -23,6 +23,9 @@ VARIANTS = {
 }
 
 
+CONFUSION = {"expected": "Running Shoes", "predicted": "Toothbrush", "count": 3}
+
+
 def spread(v):
     return {"median": v, "min": v * 0.95, "max": v * 1.05, "relative_spread": 0.1}
 
@@ -54,9 +57,19 @@ def write_metrics(root: Path, variants=VARIANTS, hardware=HARDWARE) -> Path:
             "energy": {"source": "rapl", "joules_per_generated_token": None, "reason": "no RAPL here"},
             "hardware": hardware,
         }
-        for sub, obj in (("eval", ev), ("bench", bench)):
+        handwritten = {**ev, "n": 227, "data": "data/handwritten.jsonl", "kl_from_merged": None}
+        handwritten["free"] = {**ev["free"], "exact_match": round(free + 0.1, 3)}
+        details = {
+            "free": {
+                "by_language": {"en": 0.9, "hr": 0.7},
+                "diagnostics": {"confusion": {"product": {"top": [CONFUSION] if name == "merged" else []}}},
+            }
+        }
+        for sub, obj in (("eval", ev), ("bench", bench), ("handwritten", handwritten)):
             (metrics / sub).mkdir(parents=True, exist_ok=True)
             (metrics / sub / f"{name}.json").write_text(json.dumps(obj))
+        for sub in ("eval", "handwritten"):
+            (metrics / sub / f"{name}.details.json").write_text(json.dumps(details))
     (metrics / "variants").mkdir(exist_ok=True)
     (metrics / "variants" / "F16.json").write_text(json.dumps({"parameters": 134515008, "bits_per_weight": 16.0}))
     (metrics / "eval" / "api-gpt-4.1.json").write_text(
@@ -129,8 +142,16 @@ def test_write_report_makes_table_plot_data_and_images(tmp_path):
         png = (tmp_path / "reports" / f"pareto_{axis.name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     table = (tmp_path / "reports" / "summary.md").read_text()
-    assert table.count("\n| ") == len(VARIANTS) + 2  # header + variants + the skipped API row
-    assert "| Q4_K_M | 0.560 | 0.570 |" in table and "skipped: OPENAI_API_KEY is not set" in table
+    # header + variants + the skipped API row, then the per-language table's header + variants
+    assert table.count("\n| ") == len(VARIANTS) + 2 + len(VARIANTS) + 1
+    assert "| Q4_K_M | 0.560 | 0.570 | 0.660 | 0.570 |" in table and "skipped: OPENAI_API_KEY is not set" in table
+    assert "| Q4_K_M | 0.900 / 0.900 | 0.700 / 0.700 |" in table  # per language: generated / handwritten
+    png = (tmp_path / "reports" / "product_confusions.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert summary["product_confusions"] == [
+        {"pair": "Running Shoes -> Toothbrush", "count": 3, "set": "eval"},
+        {"pair": "Running Shoes -> Toothbrush", "count": 3, "set": "handwritten"},
+    ]
     assert "understates" in table  # the Q4_1 caveat travels with every table
     assert json.loads((metrics / "summary.json").read_text())["frontiers"] == summary["frontiers"]
     f16_row = next(line for line in table.splitlines() if line.startswith("| F16 |"))

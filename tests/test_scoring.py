@@ -1,6 +1,14 @@
 import pytest
 
-from ecommerce_slm.scoring import accuracy_summary, parse_answer, score_one
+from ecommerce_slm.scoring import (
+    NO_ANSWER,
+    WRONG_TYPE,
+    accuracy_summary,
+    diagnostics,
+    parse_answer,
+    predicted_label,
+    score_one,
+)
 
 TRUTH = {"action": "remove", "product": "Lip Balm", "quantity": 12}
 EXACT = '{"action": "remove", "product": "Lip Balm", "quantity": 12}'
@@ -47,3 +55,55 @@ def test_summary_by_language_and_action():
     assert summary["by_language"] == {"en": 1.0, "hr": 0.5}
     assert summary["by_action"] == {"add": 1.0, "remove": 0.5}
     assert summary["json_valid"] == pytest.approx(2 / 3, abs=1e-4)
+
+
+def test_diagnostics_confusions_count_every_miss_by_its_predicted_label():
+    rows = [
+        {"action": "add", "product": "Running Shoes", "quantity": 5},
+        {"action": "remove", "product": "Running Shoes", "quantity": 1},
+        {"action": "remove", "product": "Bread", "quantity": 2},
+        {"action": "add", "product": "Bread", "quantity": 12},
+    ]
+    outputs = [
+        '{"action": "add", "product": "Toothbrush", "quantity": 5}',
+        '{"action": "add", "product": "Toothbrush", "quantity": 1}',
+        '{"action": "remove", "product": "Barrera", "quantity": 2}',  # a product no catalog has
+        "I cannot help with that",
+    ]
+    scores = [score_one(out, row) for out, row in zip(outputs, rows, strict=True)]
+    found = diagnostics(rows, scores)
+    product = found["confusion"]["product"]
+    assert product["labels"] == ["Bread", "Running Shoes", NO_ANSWER, "Barrera", "Toothbrush"]
+    assert product["top"][0] == {"expected": "Running Shoes", "predicted": "Toothbrush", "count": 2}
+    assert sum(map(sum, product["matrix"])) == len(rows)
+    action = found["confusion"]["action"]
+    assert action["labels"] == ["add", "remove", NO_ANSWER]
+    assert action["matrix"] == [[1, 0, 1], [1, 1, 0], [0, 0, 0]]
+    report = found["classification_report"]
+    assert report["action"]["remove"]["recall"] == 0.5 and report["action"]["remove"]["support"] == 2
+    assert report["product"]["Running Shoes"]["recall"] == 0.0
+    assert report["quantity"]["micro avg"]["recall"] == 0.75  # over the true classes: the field accuracy
+
+
+def test_diagnostics_keep_a_right_value_of_the_wrong_type_apart():
+    row = {"action": "add", "product": "Milk", "quantity": 3}
+    score = score_one('{"action": "add", "product": "Milk", "quantity": "3"}', row)
+    assert predicted_label(score, "quantity", 3) == WRONG_TYPE
+    assert predicted_label(score, "product", "Milk") == "Milk"
+
+
+def test_rows_with_slots_training_never_saw_are_scored_apart():
+    rows = [
+        {"action": "add", "product": "Milk", "quantity": 1, "unseen": ["expression"]},
+        {"action": "add", "product": "Milk", "quantity": 1, "unseen": ["expression", "synonym"]},
+        {"action": "add", "product": "Milk", "quantity": 1, "unseen": []},
+    ]
+    right = '{"action": "add", "product": "Milk", "quantity": 1}'
+    scores = [score_one(out, r) for out, r in zip([right, "no", right], rows, strict=True)]
+    summary = accuracy_summary(rows, scores)
+    assert summary["by_unseen_slot"] == {
+        "expression": {"n": 2, "exact_match": 0.5},
+        "none": {"n": 1, "exact_match": 1.0},
+        "synonym": {"n": 1, "exact_match": 0.0},
+    }
+    assert "by_unseen_slot" not in accuracy_summary([{k: v for k, v in rows[2].items() if k != "unseen"}], scores[2:])

@@ -49,8 +49,8 @@ def test_a_removed_code_dep_is_named_with_its_stage(project_copy):
 
 
 def test_a_removed_resource_dep_is_named(project_copy):
-    drop_line(project_copy / "dvc.yaml", "      - ecommerce_slm/resources/templates.yaml\n", after="  synthesize:")
-    assert problems(project_copy) == ["synthesize: deps lack ecommerce_slm/resources/templates.yaml"]
+    drop_line(project_copy / "dvc.yaml", "      - ecommerce_slm/resources/slots.yaml\n", after="  synthesize:")
+    assert problems(project_copy) == ["synthesize: deps lack ecommerce_slm/resources/slots.yaml"]
 
 
 def test_a_removed_catalog_and_params_section_are_named(project_copy):
