@@ -48,6 +48,8 @@ def project(tmp_path_factory, tiny_wide_model_dir):
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, root / name)
     shutil.copytree(ROOT / ".dvc" / "plots", root / ".dvc" / "plots")
+    (root / "data").mkdir()
+    shutil.copy(ROOT / "data" / "handwritten.jsonl", root / "data")  # in git: the second test set
     (root / ".dvc" / "config").write_text(
         "[core]\n    no_scm = true\n    analytics = false\n    check_update = false\n"
     )
@@ -70,6 +72,8 @@ def test_every_stage_writes_its_outputs(project):
     assert [r["variant"] for r in summary["variants"]] == ["merged", "gptq", "F16", "Q8_0"]
     gptq = json.loads((project / "metrics" / "eval" / "gptq.json").read_text())
     assert gptq["engine"] == "transformers" and gptq["n"] == 6  # GPTQ evaluated through transformers' loader
+    handwritten = json.loads((project / "metrics" / "handwritten" / "Q8_0.json").read_text())
+    assert handwritten["n"] == 6 and handwritten["data"] == "data/handwritten.jsonl"
     assert json.loads((project / "metrics" / "eval" / "api-gpt-4.1.json").read_text())["skipped"]
     assert json.loads((project / "metrics" / "train.json").read_text())["steps"] == 4
     assert json.loads((project / "metrics" / "variants" / "Q8_0.json").read_text())["file_type"] == "Q8_0"

@@ -77,7 +77,7 @@ class Outcome:
 
 
 def make_project(root: Path) -> Path:
-    """params.yaml as shipped, the catalog it names, and a few rows in data/ (train and eval)."""
+    """params.yaml as shipped, the catalog it names, and a few rows in data/ (train, eval and handwritten)."""
     (root / "ecommerce_slm" / "resources").mkdir(parents=True, exist_ok=True)
     (root / "ecommerce_slm/resources/catalog.yaml").write_bytes(
         (ROOT / "ecommerce_slm/resources/catalog.yaml").read_bytes()
@@ -85,7 +85,7 @@ def make_project(root: Path) -> Path:
     (root / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     rows = [{**GOOD_ROW, "text": f"add {n} shampoos", "quantity": n} for n in range(1, 9)]
     (root / "data").mkdir(exist_ok=True)
-    for name in ("train", "eval"):
+    for name in ("train", "eval", "handwritten"):
         (root / "data" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
