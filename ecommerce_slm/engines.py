@@ -52,6 +52,19 @@ class TransformersEngine:
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self._compiler = None
 
+    @classmethod
+    def from_loaded(cls, model, tokenizer_dir: str | Path, max_new_tokens: int = 48, batch_size: int = 16):
+        """An engine over a model already in memory (the train stage scores its own result without saving)."""
+        from transformers import AutoTokenizer
+
+        engine = cls.__new__(cls)
+        engine.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, padding_side="left")
+        if engine.tokenizer.pad_token is None:
+            engine.tokenizer.pad_token = engine.tokenizer.eos_token
+        engine.model, engine.max_new_tokens, engine.batch_size = model, max_new_tokens, batch_size
+        engine._compiler = None
+        return engine
+
     def _grammar(self, schema: dict):
         import xgrammar as xgr
 

@@ -3,7 +3,8 @@
     python -m stages.merge               # reads params.yaml: merge
 
 Checks before saving: only floating-point tensors remain, no quantization config is left, and the
-merged model's logits match base+adapter on a probe batch within `merge.tolerance`.
+merged model's logits match base+adapter on a probe batch within `merge.tolerance`. A full fine-tune
+(`train.method: full`) has no adapter: its model is checked the same way and saved as it is.
 """
 
 from __future__ import annotations
@@ -99,12 +100,12 @@ def merge(cfg: MergeConfig, base_dir: Path = BASE_DIR, adapter_dir: Path = ADAPT
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    for path, what in (
-        (base_dir / "config.json", "base model (run prepare_base)"),
-        (adapter_dir / "adapter_config.json", "adapter (run train)"),
-    ):
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: missing {what}")
+    if not (base_dir / "config.json").exists():
+        raise FileNotFoundError(f"{base_dir / 'config.json'}: missing base model (run prepare_base)")
+    if not (adapter_dir / "adapter_config.json").exists() and (adapter_dir / "config.json").exists():
+        return full_fine_tune(cfg, adapter_dir)
+    if not (adapter_dir / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{adapter_dir / 'adapter_config.json'}: missing adapter (run train)")
     dtype = merge_dtype(cfg)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
@@ -133,12 +134,36 @@ def merge(cfg: MergeConfig, base_dir: Path = BASE_DIR, adapter_dir: Path = ADAPT
     report = {
         "dtype": dtype_name,
         "device": device,
+        "method": "lora",
         "max_logit_diff": max_diff,
         "relative_logit_diff": max_diff / scale,
         "tolerance": tolerance,
         "parameters": sum(p.numel() for p in merged.parameters()),
     }
     return merged, tokenizer, report
+
+
+def full_fine_tune(cfg: MergeConfig, model_dir: Path) -> tuple[object, object, dict]:
+    """train.method full saved a whole model: nothing to merge, the same checks on what is saved."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = merge_dtype(cfg)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
+    if getattr(model.config, "quantization_config", None):
+        raise MergeError(f"{model_dir}: the fine-tuned model carries a quantization_config")
+    leftovers = non_float_tensors(model)
+    if leftovers:
+        raise MergeError(f"{model_dir}: the fine-tuned model has non-float tensors: {leftovers[:5]}")
+    report = {
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": "cpu",
+        "method": "full",
+        "max_logit_diff": 0.0,
+        "relative_logit_diff": 0.0,
+        "tolerance": cfg.tolerance_for(str(dtype).removeprefix("torch.")),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    return model, AutoTokenizer.from_pretrained(model_dir), report
 
 
 def save_merged(model, tokenizer, out_dir: Path) -> None:

@@ -1,11 +1,13 @@
-"""Stage `train`: a LoRA adapter on the synthesized data, QLoRA (4-bit NF4 base) by default.
+"""Stage `train`: a LoRA adapter (plain, or QLoRA on a 4-bit NF4 base), or a full fine-tune, on the synthesized data.
 
     python -m stages.train               # reads params.yaml: train
 
 Loss is on the completion only (the JSON answer), through trl's prompt/completion format.
 Checkpoints go to models/checkpoints/train every `save_steps`; a rerun with the same params, data and
-base resumes from the last one, anything else starts over. The adapter appears in models/adapter only
-when training has finished.
+base resumes from the last one, anything else starts over. The adapter (or, with `method: full`, the
+whole model) appears in models/adapter only when training has finished. Afterwards the first
+`score_examples` validation rows are decoded greedily and scored: `validation_exact_match` in
+metrics/train.json is the number to compare experiments by (never the eval or hand-written sets).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class TrainConfig(Section):
     """
 
     SECTION: ClassVar[str] = "train"
+    method: str = "lora"  # lora: an adapter on the frozen base | full: every weight trained (quantization none)
     quantization: str = "none"  # none: plain LoRA | nf4: QLoRA, base loaded 4-bit through bitsandbytes
     double_quant: bool = True
     # matmul dtype: auto (bfloat16 where the hardware has it, else float32) | float32 | bfloat16 | float16
@@ -79,6 +82,8 @@ class TrainConfig(Section):
     threads: int = 2
     gradient_checkpointing: bool = False
     group_by_length: bool = False  # true: batches of similar length (13% of a random batch is padding here)
+    padding_free: bool = False  # true: a batch is one sequence with position_ids, no padding tokens at all
+    score_examples: int = 200  # validation rows decoded and scored after training (0: none)
     eval_steps: int = 100
     eval_examples: int = 64  # validation rows for the in-training eval loss (the eval stage uses all)
     save_steps: int = 50
@@ -86,7 +91,14 @@ class TrainConfig(Section):
     launcher: str = "python"  # python | accelerate (multi-GPU / multi-node via accelerate's own config)
 
     def __post_init__(self):
+        check(self.method in ("lora", "full"), "method", "lora or full", self.method)
         check(self.quantization in ("nf4", "none"), "quantization", "nf4 or none", self.quantization)
+        check(
+            self.method == "lora" or self.quantization == "none",
+            "quantization",
+            "none with method full (4-bit weights cannot be trained directly)",
+            self.quantization,
+        )
         check(
             self.compute_dtype in ("auto", *DTYPES),
             "compute_dtype",
@@ -122,6 +134,14 @@ class TrainConfig(Section):
             "logging_steps",
         ):
             check(is_pos_int(getattr(self, name)), name, "a positive integer", getattr(self, name))
+        check(
+            isinstance(self.score_examples, int)
+            and not isinstance(self.score_examples, bool)
+            and self.score_examples >= 0,
+            "score_examples",
+            "an integer >= 0",
+            self.score_examples,
+        )
         check(0 < self.learning_rate < 1, "learning_rate", "a number in (0, 1)", self.learning_rate)
         check(
             self.scheduler in SCHEDULERS,
@@ -259,7 +279,8 @@ def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, train_rows: i
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.scheduler,
         warmup_steps=warmup_steps(cfg, train_rows),
-        max_length=cfg.max_length,
+        # trl truncates only padded batches; a packed row is bounded by the row contract (MAX_TEXT_CHARS)
+        max_length=None if cfg.padding_free else cfg.max_length,
         seed=cfg.seed,
         data_seed=cfg.seed,
         # trl turns both on by default; on CPU they cost 45-50% of step time for nothing
@@ -277,6 +298,8 @@ def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, train_rows: i
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        # sdpa keeps packed examples apart: transformers builds a block-diagonal mask from the position_ids
+        padding_free=cfg.padding_free,
         disable_tqdm=False,
     )
 
@@ -303,7 +326,7 @@ def complete_checkpoint(folder: Path) -> bool:
         json.loads((folder / "trainer_state.json").read_text())
     except (OSError, ValueError):
         return False
-    return any(folder.glob("adapter_model.*"))
+    return any(folder.glob("adapter_model.*")) or any(folder.glob("model*.safetensors"))
 
 
 def prepare_checkpoints(checkpoint_dir: Path, run_id: str) -> Path | None:
@@ -418,7 +441,7 @@ def train(
         train_dataset=to_prompt_completion(train_rows),
         eval_dataset=to_prompt_completion(eval_rows) if eval_rows else None,
         processing_class=tokenizer,
-        peft_config=lora_config(cfg),
+        peft_config=lora_config(cfg) if cfg.method == "lora" else None,
         callbacks=all_callbacks,
     )
     start = time.perf_counter()
@@ -432,6 +455,7 @@ def train(
         if live_dir:
             with atomic_dir(live_dir) as tmp:
                 shutil.copytree(live_scratch, tmp, dirs_exist_ok=True)
+    scored = validation_scores(trainer.model, base_dir, read_jsonl(validation_file) if validation_file else [], cfg)
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
     eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
@@ -453,9 +477,36 @@ def train(
         "threads": torch.get_num_threads(),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_vram_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        "method": cfg.method,
         "quantization": cfg.quantization,
         "compute_dtype": cfg.compute_dtype,
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        **scored,
+    }
+
+
+def validation_scores(model, base_dir: Path, rows: list[dict], cfg: TrainConfig) -> dict:
+    """Greedy answers to the first `score_examples` validation rows, scored like every eval (free decoding).
+
+    Validation rows are drawn like training rows (held-out slots excluded), so this measures fit, not
+    generalization; it is what experiments are compared by, so that the eval sets stay unseen.
+    """
+    rows = rows[: cfg.score_examples]
+    if not rows:
+        return {}
+    from ecommerce_slm.engines import TransformersEngine
+    from ecommerce_slm.scoring import accuracy_summary, score_one
+
+    start = time.perf_counter()
+    engine = TransformersEngine.from_loaded(model.eval(), base_dir)
+    raw = engine.generate([prompt_messages(row["text"]) for row in rows])
+    summary = accuracy_summary(rows, [score_one(text, row) for text, row in zip(raw, rows, strict=True)])
+    return {
+        "validation_scored": summary["n"],
+        "validation_exact_match": summary["exact_match"],
+        "validation_field_accuracy": summary["field_accuracy"],
+        "validation_by_language": summary["by_language"],
+        "validation_score_seconds": round(time.perf_counter() - start, 1),
     }
 
 

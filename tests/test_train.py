@@ -253,3 +253,53 @@ def test_train_records_the_dtype_it_chose(tiny_model_dir, train_file, tmp_path):
 
     summary = run(tiny_model_dir, train_file, tmp_path, tiny_cfg(max_steps=2, compute_dtype="auto"))
     assert summary["compute_dtype"] == resolve_compute_dtype("auto") in ("float32", "bfloat16")
+
+
+def test_full_fine_tune_trains_every_weight_and_merge_keeps_it(tiny_model_dir, train_file, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from stages.merge import MergeConfig, merge
+
+    summary = run(tiny_model_dir, train_file, tmp_path, tiny_cfg(method="full", max_steps=3, learning_rate=1e-3))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert summary["method"] == "full"
+    assert summary["trainable_parameters"] == sum(p.numel() for p in base.parameters())
+    assert not (tmp_path / "adapter" / "adapter_config.json").exists()
+    model, _, report = merge(MergeConfig(), base_dir=tiny_model_dir, adapter_dir=tmp_path / "adapter")
+    assert report["method"] == "full" and report["parameters"] == summary["trainable_parameters"]
+    changed = [name for name, p in model.named_parameters() if not torch.equal(p, base.get_parameter(name))]
+    assert "model.embed_tokens.weight" in changed and len(changed) > len(list(base.parameters())) // 2
+
+
+def test_full_fine_tune_refuses_a_4bit_base():
+    with pytest.raises(ParamError, match=r"quantization: expected none with method full"):
+        TrainConfig(method="full", quantization="nf4")
+
+
+def test_padding_free_batches_give_the_padded_loss(tiny_model_dir, train_file, tmp_path):
+    """One packed sequence per batch must score each example as if alone: were the examples attending
+    to each other (no block-diagonal mask), the first loss would differ from the padded batch's."""
+    losses = {}
+    for padding_free in (False, True):
+        recorder = LossRecorder()
+        cfg = tiny_cfg(padding_free=padding_free, max_steps=1, learning_rate=1e-9)
+        run(tiny_model_dir, train_file, tmp_path / str(padding_free), cfg, [recorder])
+        losses[padding_free] = recorder.losses[0]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_training_ends_by_scoring_validation_rows(tiny_model_dir, train_file, tmp_path):
+    validation = tmp_path / "validation.jsonl"
+    validation.write_text("".join(json.dumps(r) + "\n" for r in ROWS[:5]))
+    summary = train(
+        tiny_cfg(max_steps=1, score_examples=3),
+        base_dir=tiny_model_dir,
+        train_file=train_file,
+        validation_file=validation,
+        adapter_dir=tmp_path / "adapter",
+        checkpoint_dir=tmp_path / "ckpt",
+        live_dir=None,
+    )
+    assert summary["validation_scored"] == 3
+    assert 0.0 <= summary["validation_exact_match"] <= 1.0
+    assert set(summary["validation_field_accuracy"]) == {"action", "product", "quantity"}
