@@ -20,8 +20,12 @@ MAX_QUANTITY = 9999
 # A cart request is a sentence; a longer "request" is a pasted file, and would allocate gigabytes in a model.
 MAX_TEXT_CHARS = 2000
 
-# Short on purpose: every training step pays for these tokens (110 -> 71 tokens per example).
-SYSTEM_PROMPT = "Convert the shopper's cart request to JSON with action (add or remove), product and quantity."
+# What a fine-tuned model is asked. Three words on purpose: the model learns the task from its training
+# answers, not from instructions, while every training step pays for every prompt token (the instruction
+# below took 20 of an example's 73 tokens: 27% of the step).
+SYSTEM_PROMPT = "Cart request to JSON."
+# What a model never trained on the task is told, before its worked examples (the base and API baselines).
+INSTRUCTIONS = "Convert the shopper's cart request to JSON with action (add or remove), product and quantity."
 
 
 def answer_schema(products: list[str] | None = None) -> dict[str, Any]:
@@ -72,8 +76,7 @@ def few_shot_messages(text: str, examples: list[dict[str, Any]]) -> list[dict[st
     shots = []
     for row in examples:
         shots += [{"role": "user", "content": row["text"]}] + completion_messages(intent_of(row))
-    system, user = prompt_messages(text)
-    return [system, *shots, user]
+    return [{"role": "system", "content": INSTRUCTIONS}, *shots, {"role": "user", "content": text}]
 
 
 class InvalidRow(ProjectError, ValueError):

@@ -60,3 +60,14 @@ def test_wrong_case_product_gets_a_hint():
 
 def test_answer_round_trips_through_json():
     assert json.loads(Intent("add", "Shampoo", 3).to_json()) == {"action": "add", "product": "Shampoo", "quantity": 3}
+
+
+def test_untrained_models_get_the_instructions_and_tuned_ones_the_short_prompt():
+    from ecommerce_slm.task import INSTRUCTIONS, SYSTEM_PROMPT, few_shot_messages
+
+    example = {"text": "add 2 shampoos", "action": "add", "product": "Shampoo", "quantity": 2}
+    messages = few_shot_messages("remove the socks", [example])
+    assert messages[0] == {"role": "system", "content": INSTRUCTIONS}
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[-1]["content"] == "remove the socks"
+    assert prompt_messages("x")[0]["content"] == SYSTEM_PROMPT and len(SYSTEM_PROMPT) < len(INSTRUCTIONS) / 3
