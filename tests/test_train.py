@@ -303,3 +303,15 @@ def test_training_ends_by_scoring_validation_rows(tiny_model_dir, train_file, tm
     assert summary["validation_scored"] == 3
     assert 0.0 <= summary["validation_exact_match"] <= 1.0
     assert set(summary["validation_field_accuracy"]) == {"action", "product", "quantity"}
+
+
+def test_learning_curve_scores_validation_rows_at_the_asked_steps(tiny_model_dir, train_file, tmp_path):
+    from tools.learning_curve import curve, parse_steps
+
+    validation = tmp_path / "validation.jsonl"
+    validation.write_text("".join(json.dumps(r) + "\n" for r in ROWS[:4]))
+    points = curve(tiny_cfg(score_examples=2), parse_steps("3,1"), tiny_model_dir, train_file, validation)
+    assert [(p["step"], p["requests_seen"], p["validation_scored"]) for p in points] == [(1, 8, 2), (3, 24, 2)]
+    assert points[0]["train_seconds"] <= points[1]["train_seconds"]
+    with pytest.raises(ParamError, match="--at: expected positive step numbers"):
+        parse_steps("0,x")
