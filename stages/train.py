@@ -71,7 +71,7 @@ class TrainConfig(Section):
     lora_dropout: float = 0.0  # CPU dropout draws a random mask per LoRA input: 30% of the step time
     target_modules: list = field(default_factory=lambda: list(LINEAR_PROJECTIONS))
     epochs: float = 1.0
-    max_steps: int = 180  # > 0 overrides epochs
+    max_steps: int = 220  # > 0 overrides epochs
     batch_size: int = 8
     gradient_accumulation: int = 1
     learning_rate: float = 2e-3
