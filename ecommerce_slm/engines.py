@@ -26,19 +26,27 @@ class EngineError(ProjectError, RuntimeError):
     pass
 
 
+def left_padded_tokenizer(model_dir: str | Path):
+    """Batched generation needs the padding on the left, and a pad token (SmolLM2 has one, others not)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 class TransformersEngine:
     kind = "transformers"
 
     def __init__(self, model_dir: str | Path, threads: int = 2, max_new_tokens: int = 48, batch_size: int = 16):
         configure_gptqmodel(threads)  # a GPTQ folder loads through gptqmodel's kernels
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         if not Path(model_dir, "config.json").exists():
             raise EngineError(f"{model_dir}: not a model folder (no config.json)")
         torch.set_num_threads(threads)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = left_padded_tokenizer(model_dir)
         if not any(Path(model_dir).glob("*.safetensors")):
             pickled = sorted(p.name for p in Path(model_dir).glob("*.bin"))
             hint = (
@@ -55,12 +63,8 @@ class TransformersEngine:
     @classmethod
     def from_loaded(cls, model, tokenizer_dir: str | Path, max_new_tokens: int = 48, batch_size: int = 16):
         """An engine over a model already in memory (the train stage scores its own result without saving)."""
-        from transformers import AutoTokenizer
-
         engine = cls.__new__(cls)
-        engine.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, padding_side="left")
-        if engine.tokenizer.pad_token is None:
-            engine.tokenizer.pad_token = engine.tokenizer.eos_token
+        engine.tokenizer = left_padded_tokenizer(tokenizer_dir)
         engine.model, engine.max_new_tokens, engine.batch_size = model, max_new_tokens, batch_size
         engine._compiler = None
         return engine

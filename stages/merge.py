@@ -102,9 +102,9 @@ def merge(cfg: MergeConfig, base_dir: Path = BASE_DIR, adapter_dir: Path = ADAPT
 
     if not (base_dir / "config.json").exists():
         raise FileNotFoundError(f"{base_dir / 'config.json'}: missing base model (run prepare_base)")
-    if not (adapter_dir / "adapter_config.json").exists() and (adapter_dir / "config.json").exists():
-        return full_fine_tune(cfg, adapter_dir)
     if not (adapter_dir / "adapter_config.json").exists():
+        if (adapter_dir / "config.json").exists():  # train.method full saved a whole model
+            return full_fine_tune(cfg, adapter_dir)
         raise FileNotFoundError(f"{adapter_dir / 'adapter_config.json'}: missing adapter (run train)")
     dtype = merge_dtype(cfg)
     device = "cuda" if torch.cuda.is_available() else "cpu"

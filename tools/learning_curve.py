@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +22,8 @@ from ecommerce_slm.cli import stage_main
 from ecommerce_slm.files import read_jsonl, write_json
 from ecommerce_slm.params import ParamError
 from ecommerce_slm.paths import BASE_DIR, TRAIN_FILE, VALIDATION_FILE
-from stages.train import TrainConfig, train, validation_scores
+from stages.train import TrainConfig, validation_scores
+from tools.train_step_bench import train_in_scratch
 
 
 def parse_steps(text: str) -> list[int]:
@@ -73,17 +73,8 @@ def curve(
             self.paused += time.perf_counter() - pause
 
     cfg = dataclasses.replace(cfg, max_steps=max(at), save_steps=max(at))
-    with tempfile.TemporaryDirectory() as scratch:
-        train(
-            dataclasses.replace(cfg, score_examples=0),  # scored by the callback, not again at the end
-            base_dir=base_dir,
-            train_file=train_file,
-            validation_file=validation_file,
-            adapter_dir=Path(scratch, "adapter"),
-            checkpoint_dir=Path(scratch, "ckpt"),
-            live_dir=None,
-            callbacks=[Scorer()],
-        )
+    # scored by the callback, not again at the end
+    train_in_scratch(dataclasses.replace(cfg, score_examples=0), [Scorer()], base_dir, train_file, validation_file)
     return points
 
 

@@ -59,18 +59,25 @@ def step_times(cfg: TrainConfig, steps: int, base_dir: Path = BASE_DIR, train_fi
 
     clock = Clock()
     cfg = dataclasses.replace(cfg, max_steps=steps, save_steps=steps, eval_steps=steps)
+    train_in_scratch(cfg, [clock], base_dir, train_file)
+    return clock.ends
+
+
+def train_in_scratch(
+    cfg: TrainConfig, callbacks: list, base_dir: Path, train_file: Path, validation_file: Path | None = None
+) -> dict:
+    """A training run whose adapter and checkpoints go to a temporary folder: models/ is never touched."""
     with tempfile.TemporaryDirectory() as scratch:
-        train(
+        return train(
             cfg,
             base_dir=base_dir,
             train_file=train_file,
-            validation_file=None,
+            validation_file=validation_file,
             adapter_dir=Path(scratch, "adapter"),
             checkpoint_dir=Path(scratch, "ckpt"),
             live_dir=None,
-            callbacks=[clock],
+            callbacks=callbacks,
         )
-    return clock.ends
 
 
 def step_time_summary(times: list[float]) -> dict:
