@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make run    create .venv if needed, install, run the whole pipeline (dvc repro)
 #   make test   create .venv if needed, install, run the test suite
+#   make serve  serve a variant made by `make run` (VARIANT=Q4_K_M PORT=8080), OpenAI-compatible
 #   make lint   ruff: lint and format check (CI runs it before the tests)
 # Both are idempotent: the install step reruns only when pyproject.toml or this file changed.
 
@@ -26,8 +27,10 @@ STAMP := $(VENV)/.installed
 CONVERTER_DIR := $(VENV)/share/llama.cpp-$(LLAMA_CPP_VERSION)
 SDIST := $(VENV)/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
 VENDOR := llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp
+# llama.cpp's own programs (eval through llama-server, imatrix, serve), built from that same source
+LLAMA_TOOLS := llama-server llama-quantize llama-imatrix llama-perplexity llama-bench
 
-.PHONY: install run test lint prune plots browser clean-venv
+.PHONY: install run test lint prune plots browser serve clean-venv
 
 install: $(STAMP)
 
@@ -47,6 +50,8 @@ $(STAMP): pyproject.toml Makefile
 	rm -rf $(CONVERTER_DIR) $(CONVERTER_DIR).tmp && mkdir -p $(CONVERTER_DIR).tmp
 	tar -xzf $(SDIST) -C $(CONVERTER_DIR).tmp --strip-components=3 $(VENDOR)/convert_hf_to_gguf.py $(VENDOR)/conversion $(VENDOR)/gguf-py $(VENDOR)/LICENSE
 	mv $(CONVERTER_DIR).tmp $(CONVERTER_DIR)
+	# llama.cpp's programs from the same source and args: ~6 min on 2 cores, again only when those change
+	tools/build_llama_tools.sh $(SDIST) $(LLAMA_CPP_VERSION) $(BIN) $(VENV)/llama-tools-build "$(LLAMA_CMAKE_ARGS)" $(LLAMA_TOOLS)
 	PIP_CONSTRAINT=$(VENV)/constraints.txt $(BIN)/python -m pip install --quiet -e ".[dev]"
 	# the page `dvc plots show` fills, with vega inlined (.dvc/config: plots.html_template): works offline
 	$(BIN)/python -m tools.plots_page
@@ -58,6 +63,12 @@ run: install prune
 # drop lock entries and outputs of stages removed from dvc.yaml (e.g. a level taken out of gguf.levels)
 prune: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m tools.prune
+
+# a variant the pipeline made, OpenAI-compatible on 127.0.0.1:PORT, answers held to the cart schema; Ctrl-C stops
+VARIANT ?=
+PORT ?= 8080
+serve: install
+	$(BIN)/python -m tools.serve $(if $(VARIANT),--variant $(VARIANT)) --port $(PORT)
 
 # the frontiers as DVC draws them (dvc_plots/index.html), checked in headless Chromium with the network off
 plots: install

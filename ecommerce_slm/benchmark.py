@@ -25,6 +25,7 @@ from typing import ClassVar
 from ecommerce_slm.cli import ProjectError
 from ecommerce_slm.files import read_jsonl, write_json
 from ecommerce_slm.gptq import configure_gptqmodel
+from ecommerce_slm.llama_tools import llama_bench
 from ecommerce_slm.machine import NvmlEnergyReader, RaplReader, fingerprint, same_machine
 from ecommerce_slm.params import Section, check, is_pos_int
 from ecommerce_slm.paths import BENCH_DIR, EVAL_FILE, HARDWARE_FILE, MERGED_DIR
@@ -352,6 +353,14 @@ def bench(variant: Variant, cfg: BenchConfig, out: Path | None = None) -> str:
             flush=True,
         )
     result = summarize_repeats(variant, runs, cfg, weights, hardware)
+    if variant.engine == "llama_cpp":  # llama.cpp's own measurement of the same file, as a cross-check
+        mean_prompt = round(statistics.mean(map(len, prompts)))
+        own = llama_bench(variant.location, mean_prompt, cfg.new_tokens, cfg.threads, cfg.repeats)
+        own["ours_over_llama_bench"] = {
+            "generation": round(result["generation_tokens_per_s"]["median"] / own["generation_tokens_per_s"], 3),
+            "prompt": round(result["prompt_tokens_per_s"]["median"] / own["prompt_tokens_per_s"], 3),
+        }
+        result["llama_bench"] = own
     out = out or BENCH_DIR / f"{variant.file_stem}.json"
     write_json(out, result)
     g = result["generation_tokens_per_s"]

@@ -2,10 +2,12 @@
 
     engine.generate(conversations, schema)  -> raw text per conversation (greedy)
     engine.next_token_logprobs(ids, start)  -> log-probabilities of the next token at positions start..end
+    engine.close()                          -> stops what the engine started (llama-server)
 
-transformers runs model folders (base, merged, GPTQ) in batches; llama-cpp-python runs GGUF files one
-request at a time; the API engine talks to any OpenAI-compatible endpoint. Constrained decoding:
-xgrammar for transformers, llama.cpp's own JSON-schema grammar for GGUF, structured outputs for APIs.
+transformers runs model folders (base, merged, GPTQ) in batches; llama-server runs GGUF files with
+parallel slots (continuous batching), llama-cpp-python one request at a time; the API engine talks to
+any OpenAI-compatible endpoint. Constrained decoding: xgrammar for transformers, llama.cpp's own
+JSON-schema grammar for GGUF, structured outputs for APIs.
 """
 
 from __future__ import annotations
@@ -109,6 +111,9 @@ class TransformersEngine:
             logits = self.model(torch.tensor([ids])).logits[0].float()
         return torch.log_softmax(logits[start - 1 : len(ids) - 1], dim=-1)
 
+    def close(self) -> None:
+        pass
+
 
 class LlamaCppEngine:
     kind = "llama_cpp"
@@ -122,7 +127,7 @@ class LlamaCppEngine:
         self.llm = llama_cpp.Llama(
             self.path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, seed=0, verbose=False
         )
-        self._scorer = None
+        self.logits = LlamaCppLogits(self.path, threads, n_ctx)
 
     def generate(self, conversations: list[list[dict]], schema: dict | None = None) -> list[str]:
         response_format = {"type": "json_object", "schema": schema} if schema else None
@@ -139,9 +144,23 @@ class LlamaCppEngine:
         return outputs
 
     def next_token_logprobs(self, ids: list[int], start: int) -> torch.Tensor:
+        return self.logits.next_token_logprobs(ids, start)
+
+    def close(self) -> None:
+        pass
+
+
+class LlamaCppLogits:
+    """Next-token log-probabilities at every position of a GGUF file, through the binding (only for KL)."""
+
+    def __init__(self, gguf_file: str, threads: int, n_ctx: int = 2048):
+        self.path, self.threads, self.n_ctx = gguf_file, threads, n_ctx
+        self._scorer = None
+
+    def next_token_logprobs(self, ids: list[int], start: int) -> torch.Tensor:
         import llama_cpp
 
-        if self._scorer is None:  # logits for every position (slower), only for KL
+        if self._scorer is None:  # logits for every position (slower than generation needs)
             self._scorer = llama_cpp.Llama(
                 self.path,
                 n_ctx=self.n_ctx,
@@ -154,6 +173,58 @@ class LlamaCppEngine:
         self._scorer.eval(ids)
         logits = torch.from_numpy(np.array(self._scorer.scores[start - 1 : len(ids) - 1], dtype=np.float32))
         return torch.log_softmax(logits, dim=-1)
+
+
+class LlamaServerEngine:
+    """A GGUF file behind llama-server: `parallel` requests decoded at once (continuous batching).
+
+    Requests go through its OpenAI-compatible API; the system prompt all requests share stays cached in
+    each slot (cache_prompt). KL still reads full distributions through the binding (LlamaCppLogits).
+    """
+
+    kind = "llama_server"
+
+    def __init__(self, gguf_file: str | Path, threads: int = 2, max_new_tokens: int = 48, parallel: int = 8):
+        from ecommerce_slm.llama_tools import LlamaServer
+
+        if not Path(gguf_file).is_file():
+            raise EngineError(f"{gguf_file}: no such GGUF file")
+        self.path, self.max_new_tokens, self.parallel = str(gguf_file), max_new_tokens, parallel
+        self.server = LlamaServer(gguf_file, threads=threads, parallel=parallel).start()
+        self.client = Endpoint(f"{self.server.url}/v1", None, "").client(timeout_seconds=300)
+        self.logits = LlamaCppLogits(self.path, threads)
+
+    def _complete(self, messages: list[dict], grammar: str | None) -> str:
+        import openai
+
+        try:
+            result = self.client.chat.completions.create(
+                model="gguf",  # llama-server serves the one model it loaded, whatever the name
+                messages=messages,
+                temperature=0.0,
+                max_tokens=self.max_new_tokens,
+                extra_body={"top_k": 1, "cache_prompt": True, **({"grammar": grammar} if grammar else {})},
+            )
+        except openai.APIError as err:
+            raise api_error(err, f"llama-server on {self.path}") from None
+        return result.choices[0].message.content or ""
+
+    def generate(self, conversations: list[list[dict]], schema: dict | None = None) -> list[str]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+        # the binding's own schema-to-grammar conversion, so both GGUF engines are held to one grammar
+        # (llama-server's converter allows other whitespace: its constrained answers differ in form)
+        grammar = json_schema_to_gbnf(json.dumps(schema)) if schema else None
+        with ThreadPoolExecutor(self.parallel) as pool:  # as many in flight as the server has slots
+            return list(pool.map(lambda messages: self._complete(messages, grammar), conversations))
+
+    def next_token_logprobs(self, ids: list[int], start: int) -> torch.Tensor:
+        return self.logits.next_token_logprobs(ids, start)
+
+    def close(self) -> None:
+        self.server.stop()
 
 
 class ApiEngine:
@@ -210,3 +281,6 @@ class ApiEngine:
 
     def next_token_logprobs(self, ids: list[int], start: int) -> torch.Tensor:
         raise EngineError("an API model exposes no full next-token distributions")
+
+    def close(self) -> None:
+        pass

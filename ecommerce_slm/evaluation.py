@@ -17,6 +17,7 @@ the generator) with the same loaded model, into metrics/handwritten/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import random
 import time
@@ -29,10 +30,19 @@ import torch
 from ecommerce_slm.catalog import load_catalog
 from ecommerce_slm.cli import ProjectError
 from ecommerce_slm.endpoint import resolve_endpoint
-from ecommerce_slm.engines import ApiEngine, LlamaCppEngine, TransformersEngine
+from ecommerce_slm.engines import ApiEngine, LlamaCppEngine, LlamaServerEngine, TransformersEngine
 from ecommerce_slm.files import RowFormatError, iter_rows, read_jsonl, write_json, write_jsonl
+from ecommerce_slm.llama_tools import perplexity_kl
 from ecommerce_slm.params import Section, check, is_pos_int
-from ecommerce_slm.paths import DEFAULT_CATALOG, EVAL_DIR, EVAL_FILE, HANDWRITTEN_DIR, HANDWRITTEN_FILE, TRAIN_FILE
+from ecommerce_slm.paths import (
+    DEFAULT_CATALOG,
+    EVAL_DIR,
+    EVAL_FILE,
+    F16_FILE,
+    HANDWRITTEN_DIR,
+    HANDWRITTEN_FILE,
+    TRAIN_FILE,
+)
 from ecommerce_slm.scoring import accuracy_summary, diagnostics, score_one
 from ecommerce_slm.task import (
     ANSWER_FIELDS,
@@ -60,12 +70,20 @@ class EvalConfig(Section):
     # json_schema decoding restricts product to this catalog's names; "" allows any string
     catalog: str = DEFAULT_CATALOG
     max_new_tokens: int = 48
-    batch_size: int = 16  # transformers generates this many requests at once; llama.cpp one by one
+    batch_size: int = 16  # transformers generates this many requests at once
     threads: int = 2
+    # GGUF files: llama-server with `parallel` slots decoding at once (continuous batching), or the
+    # llama-cpp-python binding one request at a time (what the server's answers are checked against)
+    gguf_engine: str = "server"
+    parallel: int = 8
     limit: int = 0  # evaluate only the first N rows; 0: all
     few_shot: int = 6  # worked examples in the prompt of the untuned base and the API baselines
     few_shot_seed: int = 7
     kl_examples: int = 32  # eval requests (prompt + true answer) on which KL from the merged model is measured
+    # GGUF levels: llama-perplexity's KL from the F16 file over this many eval requests and answers (plain
+    # text), in chunks of perplexity_context tokens; a cross-check of the KL above with llama.cpp's own tool
+    perplexity_rows: int = 100
+    perplexity_context: int = 256
 
     def __post_init__(self):
         check(
@@ -76,10 +94,15 @@ class EvalConfig(Section):
             f"a list of modes from {list(DECODING_MODES)}",
             self.decoding,
         )
-        for name in ("max_new_tokens", "batch_size", "threads", "few_shot"):
+        check(self.gguf_engine in GGUF_ENGINES, "gguf_engine", f"one of {list(GGUF_ENGINES)}", self.gguf_engine)
+        for name in ("max_new_tokens", "batch_size", "threads", "few_shot", "parallel"):
             check(is_pos_int(getattr(self, name)), name, "a positive integer", getattr(self, name))
-        for name in ("limit", "kl_examples"):
+        check(is_pos_int(self.perplexity_context), "perplexity_context", "a positive integer", self.perplexity_context)
+        for name in ("limit", "kl_examples", "perplexity_rows"):
             check(getattr(self, name) >= 0, name, "an integer >= 0", getattr(self, name))
+
+
+GGUF_ENGINES = ("server", "binding")
 
 
 class ApiSettings(Protocol):
@@ -154,6 +177,7 @@ def score_mode(
     errors = [
         {
             "mode": mode,
+            "engine": engine.kind,
             "text": r["text"],
             "language": r.get("language"),
             "expected": {f: r[f] for f in ANSWER_FIELDS},
@@ -201,6 +225,8 @@ def mean_kl(reference, engine, sequences: list[tuple[list[int], int]]) -> float:
 def open_engine(variant: Variant, cfg: EvalConfig, api: ApiSettings | None = None):
     if variant.engine == "transformers":
         return TransformersEngine(variant.location, cfg.threads, cfg.max_new_tokens, cfg.batch_size)
+    if variant.engine == "llama_cpp" and cfg.gguf_engine == "server":
+        return LlamaServerEngine(variant.location, cfg.threads, cfg.max_new_tokens, cfg.parallel)
     if variant.engine == "llama_cpp":
         return LlamaCppEngine(variant.location, cfg.threads, cfg.max_new_tokens)
     if api is None:
@@ -244,6 +270,28 @@ def add_kl(metrics: dict, engine, variant: Variant, rows: list[dict], cfg: EvalC
         kl = 0.0 if reference is engine else mean_kl(reference, engine, sequences)
         metrics["kl_from_merged"] = float(f"{kl:.3g}")  # significant digits, not decimals: KL spans 1e-6 to 1
         metrics["kl_note"] = f"mean over the answer tokens of {len(sequences)} eval requests"
+    if variant.engine == "llama_cpp" and cfg.perplexity_rows:
+        metrics["llama_perplexity"] = llama_perplexity(variant, rows, cfg)
+
+
+def llama_perplexity(variant: Variant, rows: list[dict], cfg: EvalConfig) -> dict:
+    """llama-perplexity's KL of a GGUF level from the F16 file over eval requests and their answers."""
+    if not F16_FILE.is_file():
+        return {"skipped": f"no reference {F16_FILE}"}
+    if Path(variant.location).resolve() == F16_FILE.resolve():
+        return {"skipped": "the F16 file is the reference"}
+    import llama_cpp
+
+    text = "".join(f"{row['text']}\n{intent_of(row).to_json()}\n" for row in rows[: cfg.perplexity_rows])
+    tokens = len(llama_cpp.Llama(str(F16_FILE), vocab_only=True, verbose=False).tokenize(text.encode()))
+    context = min(cfg.perplexity_context, tokens // 2)  # it needs at least two chunks
+    if context < 32:
+        return {"skipped": f"{tokens} tokens in {min(len(rows), cfg.perplexity_rows)} rows: too few for two chunks"}
+    return {
+        **perplexity_kl(F16_FILE, variant.location, text, context, cfg.threads),
+        "rows": min(len(rows), cfg.perplexity_rows),
+        "tokens": tokens,
+    }
 
 
 def evaluate(
@@ -257,13 +305,17 @@ def evaluate(
 ) -> tuple[dict, dict, list[dict]]:
     """Run every decoding mode of cfg on rows, and KL from the reference; (metrics, details, errors).
 
-    Opens the variant unless an open `engine` is given (the pipeline scores two sets with one load).
+    Opens (and closes) the variant unless an open `engine` is given (the pipeline scores two sets with
+    one load and times that load itself).
     """
-    start = time.perf_counter()
-    engine = engine or open_engine(variant, cfg, api)
-    load_seconds = time.perf_counter() - start
+    if engine is None:
+        start = time.perf_counter()
+        with contextlib.closing(open_engine(variant, cfg, api)) as engine:
+            load_seconds = time.perf_counter() - start
+            metrics, details, errors = evaluate(variant, rows, cfg, examples, reference_dir, api, engine)
+        metrics["load_seconds"] = round(load_seconds, 1)
+        return metrics, details, errors
     metrics, details, errors = score_rows(engine, variant, rows, cfg, examples)
-    metrics["load_seconds"] = round(load_seconds, 1)
     add_kl(metrics, engine, variant, rows, cfg, reference_dir)
     return metrics, details, errors
 
@@ -355,14 +407,15 @@ def run(variant: Variant, args: argparse.Namespace, cfg: EvalConfig, api: ApiSet
     engine = open_engine(variant, cfg, api)
     load_seconds = time.perf_counter() - start
     lines, kl = [], None
-    for index, (path, path_out) in enumerate(sets):
-        if index == 0:
-            metrics, details, errors = evaluate(variant, rows[path], cfg, examples, REFERENCE_DIR, api, engine)
-            metrics["load_seconds"] = round(load_seconds, 1)
-            kl = metrics["kl_from_merged"]
-        else:  # KL is a property of the model, measured once on the eval set
-            metrics, details, errors = score_rows(engine, variant, rows[path], cfg, examples)
-        metrics.update(data=str(path), data_sha256=data_sha256(path))
-        write_results(path_out, metrics, details, errors)
-        lines.append(summary_line(f"{variant.name} ({path.name})", metrics, cfg.decoding, path_out))
+    with contextlib.closing(engine):  # stops llama-server on every way out
+        for index, (path, path_out) in enumerate(sets):
+            if index == 0:
+                metrics, details, errors = evaluate(variant, rows[path], cfg, examples, REFERENCE_DIR, api, engine)
+                metrics["load_seconds"] = round(load_seconds, 1)
+                kl = metrics["kl_from_merged"]
+            else:  # KL is a property of the model, measured once on the eval set
+                metrics, details, errors = score_rows(engine, variant, rows[path], cfg, examples)
+            metrics.update(data=str(path), data_sha256=data_sha256(path))
+            write_results(path_out, metrics, details, errors)
+            lines.append(summary_line(f"{variant.name} ({path.name})", metrics, cfg.decoding, path_out))
     return f"{'; '.join(lines)}; KL {kl}"

@@ -27,6 +27,8 @@ NEEDS_IMATRIX = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_
 NOT_LEVELS = frozenset({"F16", "BF16", "TQ1_0", "TQ2_0", "MXFP4_MOE"})
 # The two mixes not named after a block type (llama.cpp builds both mostly from IQ3_S blocks).
 MIX_MAIN_TYPE = {"IQ3_XS": "IQ3_S", "IQ3_M": "IQ3_S"}
+# A level written with the importance matrix (stage imatrix): Q3_K_M-imat is Q3_K_M weighted by it.
+IMATRIX_SUFFIX = "-imat"
 
 
 def file_types() -> list[str]:
@@ -35,12 +37,29 @@ def file_types() -> list[str]:
 
 
 def quant_levels() -> tuple[str, ...]:
-    """The levels the quantize_gguf stage can write from the F16 file without an importance matrix."""
-    return tuple(t for t in file_types() if t not in NOT_LEVELS | NEEDS_IMATRIX)
+    """The file types the quantize_gguf stage can write from the F16 file (some only with the imatrix)."""
+    return tuple(t for t in file_types() if t not in NOT_LEVELS)
+
+
+def file_type(level: str) -> str:
+    """The llama.cpp file type a level writes: Q3_K_M-imat -> Q3_K_M."""
+    return level.removesuffix(IMATRIX_SUFFIX)
+
+
+def uses_imatrix(level: str) -> bool:
+    """IQ types and the types llama.cpp refuses without one are always written with the importance matrix."""
+    return level.endswith(IMATRIX_SUFFIX) or file_type(level).startswith("IQ") or level in NEEDS_IMATRIX
+
+
+def normalize_level(name: str) -> str:
+    """A level as the project spells it, from any case: q4_k_m-IMAT -> Q4_K_M-imat."""
+    stem, dash, rest = name.partition("-")
+    return stem.upper() + (IMATRIX_SUFFIX if dash and rest.lower() == IMATRIX_SUFFIX[1:] else dash + rest.upper())
 
 
 def main_type(level: str) -> str:
     """The block type a level is named after (Q3_K_M -> Q3_K), whose bits per weight is its nominal figure."""
+    level = file_type(level)
     types = gguf.GGMLQuantizationType.__members__
     if level in types:
         return level
@@ -54,13 +73,14 @@ def main_type(level: str) -> str:
 
 def check_level(level: str, key: str = "gguf.levels") -> str:
     """`level` if quantize_gguf can write it, else a ParamError naming `key` and what is possible."""
-    if level in NEEDS_IMATRIX:
-        raise ParamError(
-            f"{key}: {level} needs an importance matrix, which this project does not compute "
-            f"(without one: {', '.join(quant_levels())})"
-        )
-    if level not in quant_levels():
-        raise ParamError(f"{key}: expected a llama.cpp quant type ({', '.join(quant_levels())}), got {level!r}")
+    expected = (
+        f"a llama.cpp quant type ({', '.join(quant_levels())}), optionally with {IMATRIX_SUFFIX} "
+        f"(weighted by the importance matrix; IQ types always are)"
+    )
+    if not isinstance(level, str) or file_type(level) not in quant_levels():
+        raise ParamError(f"{key}: expected {expected}, got {level!r}")
+    if level.endswith(IMATRIX_SUFFIX) and (file_type(level).startswith("IQ") or file_type(level) in NEEDS_IMATRIX):
+        raise ParamError(f"{key}: {file_type(level)} always uses the importance matrix; write {file_type(level)}")
     return level
 
 
@@ -73,8 +93,10 @@ class GgufConfig(Section):
     """
 
     SECTION: ClassVar[str] = "gguf"
-    levels: list = field(default_factory=lambda: ["Q3_K_M", "Q4_K_M", "Q5_K_M", "Q8_0"])
+    levels: list = field(default_factory=lambda: ["Q3_K_M", "Q3_K_M-imat", "IQ4_XS", "Q4_K_M", "Q5_K_M", "Q8_0"])
     threads: int = 2
+    imatrix_rows: int = 1000  # training requests (prompt + answer) the importance matrix is computed over
+    imatrix_context: int = 512  # tokens per chunk llama-imatrix evaluates
 
     def __post_init__(self):
         check(len(self.levels) > 0, "levels", "a non-empty list of llama.cpp quant types", self.levels)
@@ -85,7 +107,8 @@ class GgufConfig(Section):
             except ParamError as err:
                 raise ParamError(str(err)) from None
         check(len(set(self.levels)) == len(self.levels), "levels", "no level listed twice", self.levels)
-        check(is_pos_int(self.threads), "threads", "a positive integer", self.threads)
+        for name in ("threads", "imatrix_rows", "imatrix_context"):
+            check(is_pos_int(getattr(self, name)), name, "a positive integer", getattr(self, name))
 
 
 FALLBACK_LINE = re.compile(
@@ -107,7 +130,7 @@ def file_type_name(reader: gguf.GGUFReader) -> str:
     return gguf.LlamaFileType(int(field.parts[-1][0])).name.removeprefix("MOSTLY_")
 
 
-def describe(path: str | Path, level: str, quantize_log: str = "") -> dict:
+def describe(path: str | Path, level: str, quantize_log: str = "", imatrix: str | None = None) -> dict:
     """Describe a GGUF file; `quantize_log` is llama.cpp's own output while writing it (for its fallbacks)."""
     path = Path(path)
     reader = gguf.GGUFReader(path)
@@ -125,6 +148,7 @@ def describe(path: str | Path, level: str, quantize_log: str = "") -> dict:
         "parameters": elements,
         "bits_per_weight": round(8 * data_bytes / elements, 3),  # what llama.cpp prints as BPW: tensor data only
         "nominal_bits_per_weight": round(type_bits(main_type(level)), 3),
+        "imatrix": imatrix,  # the importance matrix file it was weighted by, if any
         "tensor_types": dict(sorted(types.items())),
         # llama.cpp's own count; 0 when nothing fell back (it prints no summary line then)
         "fallback_tensors": int(total[1]) if total else 0,

@@ -11,6 +11,7 @@ import importlib.metadata
 import os
 import platform
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
@@ -94,6 +95,15 @@ def llama_cpp_build() -> str | None:
     return llama_cpp.llama_print_system_info().decode(errors="replace").strip()
 
 
+def llama_programs_build() -> dict | None:
+    """What `make install` built llama-server, llama-quantize, ... from (its stamp: sdist version, CMake args)."""
+    stamp = Path(sys.prefix) / "llama-tools-build"
+    if not stamp.is_file():
+        return None
+    version, _, cmake_args = stamp.read_text().strip().partition(" ")
+    return {"llama_cpp_python_sdist": version, "cmake_args": cmake_args}
+
+
 def fingerprint() -> dict:
     """The facts that make two benchmark results comparable (or not)."""
     return {
@@ -105,6 +115,7 @@ def fingerprint() -> dict:
         "os": platform.platform(),
         "versions": library_versions(),
         "llama_cpp_build": llama_cpp_build(),
+        "llama_cpp_programs": llama_programs_build(),
     }
 
 

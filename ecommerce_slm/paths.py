@@ -39,6 +39,8 @@ MERGED_DIR = MODELS / "merged"
 GPTQ_DIR = MODELS / "gptq"
 GGUF_DIR = MODELS / "gguf"
 F16_FILE = GGUF_DIR / "F16.gguf"
+IMATRIX_FILE = GGUF_DIR / "imatrix.gguf"  # llama-imatrix over training requests (stage imatrix)
+IMATRIX_TEXT = GGUF_DIR / "imatrix_calibration.txt"  # what it read
 
 METRICS = Path("metrics")
 DATA_STATS = METRICS / "data.json"  # compact, so `dvc exp show` stays readable
@@ -52,6 +54,8 @@ BENCH_DIR = METRICS / "bench"
 VARIANT_INFO_DIR = METRICS / "variants"  # what each quantized file really is
 PARETO_DIR = METRICS / "pareto"
 SUMMARY_FILE = METRICS / "summary.json"
+IMATRIX_METRICS = METRICS / "imatrix.json"
+SERVE_METRICS = METRICS / "serve.json"  # the served variant under load (stage load_test)
 LIVE_DIR = Path("dvclive/train")
 REPORTS = Path("reports")
 

@@ -4,7 +4,7 @@
     merged   models/merged          base + adapter, full precision
     gptq     models/gptq            GPTQ 4-bit (gptqmodel)
     F16      models/gguf/F16.gguf   llama.cpp, unquantized
-    Q4_K_M   models/gguf/Q4_K_M.gguf, and every other level in gguf.levels
+    Q4_K_M   models/gguf/Q4_K_M.gguf, and every other level in gguf.levels (Q3_K_M-imat, IQ4_XS, ...)
     api:NAME                        a model behind an OpenAI-compatible endpoint, prompted few-shot
 
 dvc.yaml's `eval` and `bench` foreach lists repeat FOLDER_VARIANTS and F16 (a test checks they agree).
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ecommerce_slm.cli import ProjectError
-from ecommerce_slm.gguf_file import quant_levels
+from ecommerce_slm.gguf_file import file_type, normalize_level, quant_levels
 from ecommerce_slm.paths import BASE_DIR, F16_FILE, GPTQ_DIR, MERGED_DIR, gguf_file
 
 FOLDER_VARIANTS = {"base": BASE_DIR, "merged": MERGED_DIR, "gptq": GPTQ_DIR}
@@ -52,8 +52,9 @@ def resolve(name: str) -> Variant:
         return Variant(name, "transformers", str(FOLDER_VARIANTS[name]), few_shot=name == "base")
     if name.upper() == "F16":
         return Variant("F16", "llama_cpp", str(F16_FILE))
-    if name.upper() in quant_levels():
-        return Variant(name.upper(), "llama_cpp", str(gguf_file(name.upper())))
+    level = normalize_level(name)
+    if file_type(level) in quant_levels():
+        return Variant(level, "llama_cpp", str(gguf_file(level)))
     if name.startswith("api:") and len(name) > 4:
         model = name[4:]
         if model.startswith("/") or "\\" in model or ".." in model.split("/"):
@@ -61,7 +62,7 @@ def resolve(name: str) -> Variant:
         return Variant(name, "api", model, few_shot=True)
     raise VariantError(
         f"unknown variant {name!r}: expected one of {', '.join(FOLDER_VARIANTS)}, F16, a GGUF level "
-        f"({', '.join(quant_levels())}) or api:MODEL"
+        f"({', '.join(quant_levels())}, optionally -imat) or api:MODEL"
     )
 
 

@@ -125,6 +125,10 @@ def variant_row(name: str, metrics_dir: Path, decoding: str, parameters: int | N
         "joules_per_token": energy["median"] if energy else None,
         "energy_note": bench["energy"].get("reason") or bench["energy"].get("note"),
         "eval_rows": ev["n"],
+        "eval_engine": ev.get("engine"),
+        "eval_seconds": {mode: ev[mode].get("seconds") for mode in DECODING_MODES if mode in ev},
+        "llama_bench": bench.get("llama_bench"),  # llama.cpp's llama-bench on the same file (GGUF only)
+        "llama_perplexity": ev.get("llama_perplexity"),  # llama-perplexity's KL from F16 (GGUF levels)
         "bench_repeats": bench["repeats"],
         "threads": bench["threads"],
     }, bench["hardware"]
@@ -321,7 +325,38 @@ def markdown(summary: dict) -> str:
         CAVEAT,
         "",
     ]
-    return "\n".join(lines + language_table(summary))
+    return "\n".join(lines + language_table(summary) + llama_cpp_table(summary))
+
+
+def llama_cpp_table(summary: dict) -> list[str]:
+    """Each GGUF's numbers beside llama.cpp's own tools' on the same file, and how long its eval took."""
+    lines = [
+        "Cross-checks with llama.cpp's own programs: tokens/s from llama-bench (same prompt length and new "
+        "tokens) beside the bench's, KL from F16 by llama-perplexity beside the KL from merged; eval seconds "
+        "for the eval set (free / schema) and the engine that decoded it.",
+        "",
+        "| variant | gen tok/s: bench / llama-bench (ratio) | prompt tok/s: bench / llama-bench (ratio) | "
+        "KL from merged | llama-perplexity KL from F16 | same top token | eval s (free / schema) | eval engine |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["variants"]:
+        own, ppl = r.get("llama_bench"), r.get("llama_perplexity") or {}
+        if own is None and r.get("eval_engine") not in ("llama_server", "llama_cpp"):
+            continue
+        gen = prompt = "-"
+        if own:
+            ratio = own["ours_over_llama_bench"]
+            gen = f"{fmt(r['generation_tokens_per_s'], 1)} / {fmt(own['generation_tokens_per_s'], 1)} ({ratio['generation']:.2f})"
+            prompt = (
+                f"{fmt(r['prompt_tokens_per_s'], 0)} / {fmt(own['prompt_tokens_per_s'], 0)} ({ratio['prompt']:.2f})"
+            )
+        seconds = " / ".join(fmt(v, 1) for v in r.get("eval_seconds", {}).values()) or "-"
+        lines.append(
+            f"| {r['variant']} | {gen} | {prompt} | {kl_text(r['kl_from_merged'])} | "
+            f"{kl_text(ppl.get('mean_kl'))} | {fmt(ppl.get('same_top_token'), 3)} | {seconds} | "
+            f"{r.get('eval_engine') or '-'} |"
+        )
+    return lines + [""]
 
 
 def language_table(summary: dict) -> list[str]:

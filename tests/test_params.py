@@ -74,6 +74,10 @@ def test_a_wrong_type_is_named_for_every_key(section, key, kind):
         ("eval_api.schema_format", "xml", "expected json_schema or json_object"),
         ("bench.new_tokens", 1, "expected at least 2"),
         ("report.decoding", "beam", "expected one of ['free', 'json_schema']"),
+        ("serve.parallel", 0, "expected a positive integer"),
+        ("serve.load_test.clients", [1, 0], "expected a non-empty list of positive integers"),
+        ("eval.gguf_engine", "vllm", "expected one of ['server', 'binding']"),
+        ("gguf.imatrix_rows", 0, "expected a positive integer"),
     ],
 )
 def test_an_out_of_range_value_is_named(key, value, expected):
@@ -111,7 +115,7 @@ def test_a_learning_rate_written_2e_5_is_a_number():
     [
         (["Q9_K"], "gguf.levels[0]: expected a llama.cpp quant type"),
         (["Q4_K_M", "Q4_K_M"], "gguf.levels: expected no level listed twice"),
-        (["IQ2_XXS"], "gguf.levels[0]: IQ2_XXS needs an importance matrix"),
+        (["IQ2_XXS-imat"], "gguf.levels[0]: IQ2_XXS always uses the importance matrix"),
     ],
 )
 def test_gguf_levels_come_from_llama_cpps_table(levels, expected):
@@ -126,7 +130,7 @@ def test_quant_levels_are_derived_not_retyped():
 
     levels = quant_levels()
     assert {"Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "IQ4_XS"} <= set(levels)
-    assert "F16" not in levels and "IQ2_XXS" not in levels
+    assert "F16" not in levels and "IQ2_XXS" in levels  # IQ2_XXS: with the importance matrix only
     assert all(f"MOSTLY_{level}" in gguf.LlamaFileType.__members__ for level in levels)
     assert {level: main_type(level) for level in ("Q3_K_M", "Q4_K_S", "Q8_0", "IQ4_XS", "IQ3_M")} == {
         "Q3_K_M": "Q3_K",
@@ -159,7 +163,7 @@ def cli(module, *args):
         ),
         (["stages.eval", "--variant", "Q9_K"], "eval: error: unknown variant 'Q9_K'"),
         (["stages.quantize_gguf", "Q9_K"], "quantize_gguf: error: level: expected a llama.cpp quant type"),
-        (["stages.eval_gguf", "IQ2_XXS"], "eval_gguf: error: level: IQ2_XXS needs an importance matrix"),
+        (["stages.eval_gguf", "Q4_K_M-imatrix"], "eval_gguf: error: level: expected a llama.cpp quant type"),
         (["stages.bench_gguf", "Q9_K"], "bench_gguf: error: level: expected a llama.cpp quant type"),
         (
             ["tools.train_step_bench", "--variant", "x=lora_r=0"],

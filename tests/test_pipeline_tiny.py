@@ -25,10 +25,15 @@ TINY = {
         "max_length": 128,
     },
     "gptq": {"calibration_samples": 8},
-    "gguf": {"levels": ["Q8_0"]},
+    "gguf": {"levels": ["Q8_0"], "imatrix_context": 128},
     "eval": {"limit": 6, "kl_examples": 2, "max_new_tokens": 24, "batch_size": 6, "few_shot": 2},
     "eval_api": {"models": ["gpt-4.1"]},
     "bench": {"repeats": 1, "warmup": 0, "prompts": 2, "new_tokens": 4},
+    "serve": {
+        "variant": "Q8_0",
+        "parallel": 2,
+        "load_test": {"clients": [1, 2], "requests": 4, "repeats": 1, "warmup": 0},
+    },
 }
 
 

