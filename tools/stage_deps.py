@@ -34,6 +34,18 @@ class StageNeeds:
     catalog_params: set[str] = field(default_factory=set)  # ${section.catalog} the deps must name
 
 
+_parsed: dict[tuple[Path, int, int], ast.AST] = {}
+
+
+def parse(path: Path) -> ast.AST:
+    """A file's syntax tree, parsed once per content version (every stage reads the same library files)."""
+    stat = path.stat()
+    key = (path.resolve(), stat.st_mtime_ns, stat.st_size)
+    if key not in _parsed:
+        _parsed[key] = ast.parse(path.read_text(encoding="utf-8"))
+    return _parsed[key]
+
+
 def module_file(module: str, root: Path = ROOT) -> Path | None:
     path = root / Path(*module.split("."))
     for candidate in (path.with_suffix(".py"), path / "__init__.py"):
@@ -60,7 +72,7 @@ def section_classes(root: Path = ROOT) -> dict[str, tuple[str, bool]]:
     out = {}
     for package in PROJECT_PACKAGES:
         for path in (root / package).glob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            for node in ast.walk(parse(path)):
                 if not isinstance(node, ast.ClassDef):
                     continue
                 section, catalog = None, False
@@ -106,8 +118,8 @@ def sections_loaded(tree: ast.AST, classes: dict[str, tuple[str, bool]]) -> tupl
     return sections, catalogs
 
 
-def stage_needs(module: str, root: Path = ROOT) -> StageNeeds:
-    classes = section_classes(root)
+def stage_needs(module: str, root: Path = ROOT, classes: dict[str, tuple[str, bool]] | None = None) -> StageNeeds:
+    classes = section_classes(root) if classes is None else classes
     needs, todo, seen = StageNeeds(module), [module], set()
     while todo:
         name = todo.pop()
@@ -115,7 +127,7 @@ def stage_needs(module: str, root: Path = ROOT) -> StageNeeds:
             continue
         seen.add(name)
         path = module_file(name, root)
-        tree = ast.parse(path.read_text(encoding="utf-8"))
+        tree = parse(path)
         needs.files.add(str(path.relative_to(root)))
         needs.files |= resources_used(tree)
         sections, catalogs = sections_loaded(tree, classes)
@@ -154,7 +166,7 @@ def declared_stages(root: Path = ROOT) -> dict[str, dict]:
 
 def problems(root: Path = ROOT) -> list[str]:
     """One line per missing dep or params section, naming the stage and what it lacks."""
-    out = []
+    out, needs_of, classes = [], {}, section_classes(root)  # a matrix stage's items share one module
     for name, stage in sorted(declared_stages(root).items()):
         match = STAGE_COMMAND.search(stage["cmd"])
         if not match:
@@ -165,7 +177,9 @@ def problems(root: Path = ROOT) -> list[str]:
         if module_file(match[1], root) is None:
             out.append(f"{name}: {match[1]} does not exist")
             continue
-        needs = stage_needs(match[1], root)
+        if match[1] not in needs_of:
+            needs_of[match[1]] = stage_needs(match[1], root, classes)
+        needs = needs_of[match[1]]
         for missing in sorted(needs.files - stage["deps"]):
             out.append(f"{name}: deps lack {missing}")
         for missing in sorted(needs.catalog_params - stage["written_deps"]):
