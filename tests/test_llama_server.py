@@ -49,7 +49,7 @@ def test_batched_server_answers_agree_with_single_sequence_decoding(embedded_ggu
 
     The untuned embedded model writes long free text with many near-ties, the hardest case: measured here
     on 50 rows, 48-49 parsed answers the same free, 46-47 with the schema (the tuned Q4_K_M: 294 of 300,
-    docs/engine_agreement.json). llama.cpp's batched kernels are not batch-invariant, so equality is not
+    docs/measurements.md, issue 15). llama.cpp's batched kernels are not batch-invariant, so equality is not
     expected; a server that rendered prompts, sampled or constrained differently would land far lower
     (with flash attention on, 17 of 50 raw answers were the same).
     """
