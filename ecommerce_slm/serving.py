@@ -186,8 +186,9 @@ class Service:
 
     def __init__(self, model: str | Path, cfg: ServeConfig, port: int = 0):
         self.model, self.cfg, self.port = str(model), cfg, port
-        products = load_catalog(cfg.catalog, [], key="serve.catalog").names if cfg.catalog else None
-        self.schema = answer_schema(products)
+        names = load_catalog(cfg.catalog, [], key="serve.catalog").names if cfg.catalog else None
+        self.products = set(names) if names else None  # what a valid answer may name (None: any product)
+        self.schema = answer_schema(names)
         self.backend: LlamaServer | None = None
         self.front: Front | None = None
 

@@ -85,7 +85,8 @@ def load(client, texts: list[str], clients: int, products: set[str] | None) -> t
         return time.perf_counter() - start, results
 
 
-def measure(service: Service, texts: list[str], cfg: ServeConfig, products: set[str] | None) -> dict:
+def measure(service: Service, texts: list[str], cfg: ServeConfig) -> dict:
+    products = service.products
     import openai
 
     test = cfg.load_test
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> str:
     if len(texts) < max(cfg.load_test.requests, cfg.load_test.warmup):
         raise ProjectError(f"{EVAL_FILE}: {len(texts)} rows; serve.load_test.requests needs {cfg.load_test.requests}")
     with Service(variant.location, cfg) as service, PeakRss(service.backend.process.pid) as rss:
-        by_clients = measure(service, texts, cfg, set(service.schema["properties"]["product"].get("enum", [])) or None)
+        by_clients = measure(service, texts, cfg)
     result = {
         "variant": variant.name,
         "model": variant.location,

@@ -146,7 +146,7 @@ def test_the_served_endpoint_answers_cart_intents_and_survives_bad_requests(embe
 
     cfg = ServeConfig(parallel=2, context_per_slot=256, max_tokens=48)
     with Service(embedded_gguf, cfg) as service:
-        products = set(service.schema["properties"]["product"]["enum"])
+        products = service.products
         client = openai.OpenAI(base_url=service.url, api_key="not-needed", max_retries=0)
 
         def ask(text: str) -> dict:
@@ -171,8 +171,7 @@ def test_the_load_test_sends_a_fixed_number_of_requests_and_stops(embedded_gguf)
     )
     texts = [row["text"] for row in read_jsonl(HANDWRITTEN_FILE)[:4]]
     with Service(embedded_gguf, cfg) as service:
-        products = set(service.schema["properties"]["product"]["enum"])
-        result = measure(service, texts, cfg, products)
+        result = measure(service, texts, cfg)
     assert set(result) == {"1", "2"} and result["1"]["speedup_over_one_client"] == 1.0
     for row in result.values():
         assert row["requests"] == 4 and row["errors"] == 0 and row["invalid_answers"] == 0
