@@ -10,7 +10,6 @@ which of its slots training never saw (`unseen`), so accuracy on unseen words ca
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from ecommerce_slm.catalog import Catalog
-from ecommerce_slm.generator import GenerationError, Spec
+from ecommerce_slm.generator import GenerationError, Spec, seeded_share
 from ecommerce_slm.language import render_item
 from ecommerce_slm.noise import NoiseVocab, add_noise
 from ecommerce_slm.paths import SLOTS_FILE
@@ -74,15 +73,6 @@ def load_slots(path: Path = SLOTS_FILE) -> Slots:
     return Slots(places, expressions, frames)
 
 
-def heldout_ids(ids: list[str], share: float, seed: int, group: str) -> set[str]:
-    """A seeded share of one group of ids, at least one, never all."""
-    if len(ids) < 2:
-        return set()
-    shuffled = sorted(ids)
-    random.Random(f"heldout:{seed}:{group}").shuffle(shuffled)
-    return set(shuffled[: min(len(ids) - 1, max(1, math.ceil(share * len(ids))))])
-
-
 @dataclass(frozen=True)
 class SlotSplit:
     """Which slot values training never sees, by id (synonyms as 'Product|language|index')."""
@@ -114,15 +104,17 @@ def split_slots(slots: Slots, catalog: Catalog, languages: list[str], share: flo
     for language in languages:
         for kind in FRAME_KINDS:
             ids = [f.id for f in slots.frames[language] if f.kind == kind]
-            heldout["frame"] |= heldout_ids(ids, share, seed, f"frame:{language}:{kind}")
+            heldout["frame"] |= seeded_share(ids, share, f"heldout:{seed}:frame:{language}:{kind}")
             totals["frame"] += len(ids)
         for action in ACTIONS:
             for kind in EXPRESSION_KINDS:
                 ids = [e.id for e in slots.expressions[language] if e.action == action and e.kind == kind]
-                heldout["expression"] |= heldout_ids(ids, share, seed, f"expression:{language}:{action}:{kind}")
+                heldout["expression"] |= seeded_share(
+                    ids, share, f"heldout:{seed}:expression:{language}:{action}:{kind}"
+                )
                 totals["expression"] += len(ids)
         ids = synonym_ids(catalog, language)
-        heldout["synonym"] |= heldout_ids(ids, share, seed, f"synonym:{language}")
+        heldout["synonym"] |= seeded_share(ids, share, f"heldout:{seed}:synonym:{language}")
         totals["synonym"] += len(ids)
     return SlotSplit(heldout, totals)
 

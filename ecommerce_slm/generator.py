@@ -53,12 +53,19 @@ class Spec:
     style: str  # frame id (offline) or style id (metaprompt)
 
 
-def split_heldout(ids: list[str], share: float, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded split of one list of metaprompt style ids into (train, held out); at least one each."""
+def seeded_share(ids: list[str], share: float, key: str) -> set[str]:
+    """A seeded share of ids, at least one and never all (none of fewer than 2); the same for a key everywhere."""
+    if len(ids) < 2:
+        return set()
     shuffled = sorted(ids)
-    random.Random(f"heldout:{seed}").shuffle(shuffled)
-    n_held = min(len(ids) - 1, max(1, math.ceil(share * len(ids))))
-    return sorted(shuffled[n_held:]), sorted(shuffled[:n_held])
+    random.Random(key).shuffle(shuffled)
+    return set(shuffled[: min(len(ids) - 1, max(1, math.ceil(share * len(ids))))])
+
+
+def split_heldout(ids: list[str], share: float, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded split of one list of metaprompt style ids into (train, held out)."""
+    held = seeded_share(ids, share, f"heldout:{seed}")
+    return sorted(set(ids) - held), sorted(held)
 
 
 def quantity_weights(cfg: QuantityConfig) -> list[float]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import gguf
+import numpy as np
 
 from ecommerce_slm.params import ParamError, Section, check, is_pos_int
 
@@ -123,6 +124,22 @@ def type_bits(type_name: str) -> float:
     return 8 * size / block
 
 
+class GgufReader(gguf.GGUFReader):
+    """gguf-py's reader over a plain ndarray view of its memory map: the same fields and tensors, 3x faster.
+
+    Every slice of an np.memmap is itself a memmap (whose __array_finalize__ costs microseconds), and the
+    reader slices once per token and merge of the 49k vocabulary: ~4 s per read of a SmolLM2 file.
+    """
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._plain_data
+
+    @data.setter
+    def data(self, mapped: np.ndarray) -> None:  # the view keeps the map (and the file) open
+        self._plain_data = mapped.view(np.ndarray)
+
+
 def file_type_name(reader: gguf.GGUFReader) -> str:
     field = reader.fields.get("general.file_type")
     if field is None:
@@ -133,7 +150,7 @@ def file_type_name(reader: gguf.GGUFReader) -> str:
 def describe(path: str | Path, level: str, quantize_log: str = "", imatrix: str | None = None) -> dict:
     """Describe a GGUF file; `quantize_log` is llama.cpp's own output while writing it (for its fallbacks)."""
     path = Path(path)
-    reader = gguf.GGUFReader(path)
+    reader = GgufReader(path)
     types = collections.Counter(t.tensor_type.name for t in reader.tensors)
     elements = sum(int(t.n_elements) for t in reader.tensors)
     data_bytes = sum(int(t.n_bytes) for t in reader.tensors)
@@ -157,5 +174,5 @@ def describe(path: str | Path, level: str, quantize_log: str = "", imatrix: str 
 
 
 def chat_template(path: str | Path) -> str | None:
-    field = gguf.GGUFReader(path).fields.get("tokenizer.chat_template")
+    field = GgufReader(path).fields.get("tokenizer.chat_template")
     return None if field is None else bytes(field.parts[-1]).decode("utf-8")

@@ -19,7 +19,15 @@ from pathlib import Path
 
 from ecommerce_slm.cli import ProjectError, stage_main
 from ecommerce_slm.files import atomic_file, write_json
-from ecommerce_slm.gguf_file import GgufConfig, check_level, describe, file_type, file_type_name, uses_imatrix
+from ecommerce_slm.gguf_file import (
+    GgufConfig,
+    GgufReader,
+    check_level,
+    describe,
+    file_type,
+    file_type_name,
+    uses_imatrix,
+)
 from ecommerce_slm.llama_tools import tool
 from ecommerce_slm.paths import F16_FILE, IMATRIX_FILE, gguf_file, variant_info
 
@@ -30,8 +38,6 @@ class QuantizeError(ProjectError, RuntimeError):
 
 def quantize(source: Path, out_file: Path, level: str, threads: int, imatrix: Path | None = None) -> tuple[float, str]:
     """Quantize into a temporary file and move it into place; return (seconds, llama-quantize's log)."""
-    import gguf
-
     check_level(level, "level")
     if uses_imatrix(level) and (imatrix is None or not imatrix.is_file()):
         raise QuantizeError(
@@ -54,7 +60,7 @@ def quantize(source: Path, out_file: Path, level: str, threads: int, imatrix: Pa
             raise QuantizeError(
                 f"llama-quantize {source} {file_type(level)} exited with {done.returncode}:\n{log[-2000:]}"
             )
-        written = file_type_name(gguf.GGUFReader(tmp))
+        written = file_type_name(GgufReader(tmp))
         if written != file_type(level):
             raise QuantizeError(f"{out_file}: asked llama.cpp for {file_type(level)}, the file says {written}")
     return time.perf_counter() - start, log

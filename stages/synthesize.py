@@ -229,8 +229,9 @@ def dataset_stats(
     splits: dict[str, list[dict]], counts: dict, eval_counts: dict, train_styles: dict, heldout_styles: dict
 ) -> dict:
     train = splits["train"]
-    n_train_styles = sum(len(v) for v in train_styles.values())
-    n_heldout = sum(len(v) for v in heldout_styles.values())
+    # distinct per language: the offline backend lists a language's frames once per action
+    n_train_styles = len({(language, s) for (language, _), v in train_styles.items() for s in v})
+    n_heldout = len({(language, s) for (language, _), v in heldout_styles.items() for s in v})
     heldout_ids = {s for v in heldout_styles.values() for s in v}
     quantities = Counter(r["quantity"] for r in train)
     train_texts = {r["text"].casefold() for r in train + splits["validation"]}

@@ -157,3 +157,17 @@ def test_llama_perplexity_kl_is_zero_against_itself_and_large_against_another_mo
     assert same["mean_kl"] == pytest.approx(0, abs=1e-4) and same["same_top_token"] == 1.0
     other = perplexity_kl(embedded, wide_f16, text, context=64, threads=2)  # a random model, same vocabulary
     assert other["mean_kl"] > 1 and other["same_top_token"] < 0.5
+
+
+def test_fast_reader_reads_what_gguf_py_reads(wide_f16):
+    import gguf
+
+    from ecommerce_slm.gguf_file import GgufReader
+
+    fast, plain = GgufReader(wide_f16), gguf.GGUFReader(wide_f16)
+    assert list(fast.fields) == list(plain.fields)
+    for name, field in fast.fields.items():
+        assert field.types == plain.fields[name].types and field.data == plain.fields[name].data, name
+        assert all((a == b).all() for a, b in zip(field.parts, plain.fields[name].parts, strict=True)), name
+    tensors = [(t.name, t.tensor_type, int(t.n_bytes), bytes(t.data[:64])) for t in fast.tensors]
+    assert tensors == [(t.name, t.tensor_type, int(t.n_bytes), bytes(t.data[:64])) for t in plain.tensors]

@@ -68,6 +68,8 @@ def test_heldout_slots_never_reach_train(default_data, slots, catalog):
     heldout = stats["heldout"]
     assert heldout["train_rows_with_heldout_slot"] == 0 and heldout["eval_texts_in_train"] == 0
     assert all(heldout["slots"][slot]["share"] >= 0.15 for slot in ("frame", "expression", "synonym"))
+    frames = heldout["slots"]["frame"]  # each frame counted once, not once per action it serves
+    assert (heldout["styles_total"], heldout["styles_heldout"]) == (frames["total"], frames["heldout"])
     assert heldout["eval_rows_unseen"]["expression"] > 0.3 * len(splits["eval"])
 
 
