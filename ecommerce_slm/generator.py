@@ -77,19 +77,37 @@ def quantity_weights(cfg: QuantityConfig) -> list[float]:
     return [w / total for w in weights]
 
 
+def language_order(languages: list[str], weights: dict[str, float]) -> Iterator[str]:
+    """Languages in a fixed interleave, each as often as its weight (1 when not given) says.
+
+    Not drawn: every prefix of the stream is as close to the weights as counts allow, so a training run cut
+    at any step saw the intended mix. Equal weights give the paper's plain cycle (en, hr, es, en, ...).
+    """
+    shares = [float(weights.get(language, 1.0)) for language in languages]
+    total = sum(shares)
+    counts = [0] * len(languages)
+    step = 0
+    while True:
+        step += 1
+        # the language furthest behind its share; ties go to the one listed first
+        pick = max(range(len(languages)), key=lambda j: (shares[j] * step / total - counts[j], -j))
+        counts[pick] += 1
+        yield languages[pick]
+
+
 def plan_specs(
     languages: list[str],
     quantity: QuantityConfig,
     catalog: Catalog,
     styles: dict[tuple[str, str], list[str]],
     rng: random.Random,
+    language_weights: dict[str, float] | None = None,
 ) -> Iterator[Spec]:
-    """Endless stream of ground truths: languages cycle (as in the paper), the rest is drawn."""
+    """Endless stream of ground truths: languages interleaved by weight (equal: a cycle, as in the paper),
+    the rest drawn."""
     weights = quantity_weights(quantity)
     quantities = list(range(1, quantity.max + 1))
-    i = 0
-    while True:
-        language = languages[i % len(languages)]
+    for language in language_order(languages, language_weights or {}):
         action = rng.choice(ACTIONS)
         product = rng.choice(catalog.products).name
         amount = rng.choices(quantities, weights)[0]
@@ -98,7 +116,6 @@ def plan_specs(
         else:
             quantity_style = "words" if rng.random() < quantity.words_share else "digits"
         yield Spec(language, action, product, amount, quantity_style, rng.choice(styles[(language, action)]))
-        i += 1
 
 
 def pick_forms(catalog: Catalog, spec: Spec, rng: random.Random) -> Forms:

@@ -61,6 +61,8 @@ def _coerce(kind: Any, value: Any) -> tuple[bool, Any, str]:
         return isinstance(value, str), value, "a string"
     if kind is list:
         return isinstance(value, list), value, "a list"
+    if kind is dict:
+        return isinstance(value, dict), value, "a mapping"
     return True, value, ""  # Any: the section's own check decides
 
 

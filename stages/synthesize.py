@@ -6,6 +6,7 @@ python -m stages.synthesize          # reads params.yaml: data
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import sys
 from collections import Counter
@@ -45,6 +46,9 @@ class DataConfig(Section):
     eval_source: the same for the eval set; empty generates it with held-out slots.
     backend: `offline` (requests composed from independent slots, resources/slots.yaml, plus noise
              injectors) or `metaprompt` (an LLM writes the text).
+    language_weights: how often each language comes in the training requests, e.g. {hr: 2, es: 1.5}
+             (unlisted: 1; empty: an equal cycle, as in the paper). The eval set is never reweighted,
+             so its per-language scores stay comparable across mixes.
     heldout_share: the share of frames, action expressions and product synonyms (metaprompt: styles)
              that training never sees; the eval set is written with them.
     eval_unseen_share: of the eval rows, the share that uses a held-out expression, and (independently)
@@ -57,6 +61,7 @@ class DataConfig(Section):
     backend: str = "offline"
     catalog: str = DEFAULT_CATALOG
     languages: list = field(default_factory=lambda: ["en", "hr", "es"])
+    language_weights: dict = field(default_factory=dict)  # training mix only; the eval set always cycles
     n_examples: int = 3000
     n_eval: int = 300
     validation_share: float = 0.1
@@ -78,6 +83,21 @@ class DataConfig(Section):
             self.languages,
         )
         check(len(set(self.languages)) == len(self.languages), "languages", "no repeated language", self.languages)
+        check(
+            set(self.language_weights) <= set(self.languages),
+            "language_weights",
+            f"weights only for languages in data.languages {self.languages}",
+            self.language_weights,
+        )
+        check(
+            all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < math.inf
+                for w in self.language_weights.values()
+            ),
+            "language_weights",
+            "positive numbers, e.g. {hr: 2, es: 1.5}",
+            self.language_weights,
+        )
         check(is_pos_int(self.n_examples) and self.n_examples >= 2, "n_examples", "an integer >= 2", self.n_examples)
         check(is_pos_int(self.n_eval), "n_eval", "a positive integer", self.n_eval)
         check(
@@ -188,7 +208,10 @@ def synthesize(
     else:
         rng = random.Random(cfg.seed)
         rows, counts = generate_rows(
-            plan_specs(cfg.languages, cfg.quantity, catalog, train_styles, rng), write, cfg.n_examples, rng
+            plan_specs(cfg.languages, cfg.quantity, catalog, train_styles, rng, cfg.language_weights),
+            write,
+            cfg.n_examples,
+            rng,
         )
     n_val = max(1, round(len(rows) * cfg.validation_share))
     splits = {"train": rows[n_val:], "validation": rows[:n_val]}

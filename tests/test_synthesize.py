@@ -6,9 +6,10 @@ import re
 import pytest
 
 from ecommerce_slm.compose import split_slots
-from ecommerce_slm.generator import quantity_weights
+from ecommerce_slm.generator import language_order, quantity_weights
 from ecommerce_slm.language import render_item
 from ecommerce_slm.noise import NOISE_TYPES, NOT_IN_ENGLISH, add_noise, typo
+from ecommerce_slm.params import ParamError
 from stages.synthesize import DataConfig, DataError, load_rows, synthesize
 
 
@@ -28,6 +29,45 @@ def test_same_seed_same_data_other_seed_other_data(catalog):
     other, _ = synthesize(small_config(seed=7), catalog)
     assert first == again
     assert [r["text"] for r in first["train"]] != [r["text"] for r in other["train"]]
+
+
+def test_equal_language_weights_are_the_papers_cycle():
+    order = language_order(["en", "hr", "es"], {})
+    assert [next(order) for _ in range(9)] == ["en", "hr", "es"] * 3
+    order = language_order(["en", "hr", "es"], {"en": 2, "hr": 2, "es": 2})
+    assert [next(order) for _ in range(6)] == ["en", "hr", "es"] * 2
+
+
+def test_language_weights_hold_in_every_prefix():
+    order = language_order(["en", "hr", "es"], {"hr": 2, "es": 1.5})  # en: 1 by default
+    seen = {"en": 0, "hr": 0, "es": 0}
+    for step in range(1, 901):
+        seen[next(order)] += 1
+        for language, weight in {"en": 1, "hr": 2, "es": 1.5}.items():
+            assert abs(seen[language] - step * weight / 4.5) < 1.0, (step, seen)
+
+
+def test_language_weights_change_training_only(catalog):
+    plain, _ = synthesize(small_config(), catalog)
+    weighted, stats = synthesize(small_config(language_weights={"hr": 3}), catalog)
+    train = weighted["train"] + weighted["validation"]
+    assert sum(r["language"] == "hr" for r in train) == 360  # 3 of every 5 of the 600
+    assert [r["language"] for r in weighted["eval"]] == [r["language"] for r in plain["eval"]]
+    assert stats["languages"]["eval"] == {"en": 40, "es": 40, "hr": 40}
+
+
+@pytest.mark.parametrize(
+    "weights, expected",
+    [
+        ({"de": 1}, "data.language_weights: expected weights only for languages in data.languages"),
+        ({"hr": 0}, "data.language_weights: expected positive numbers"),
+        ({"hr": "2"}, "data.language_weights: expected positive numbers"),
+        ([2, 1, 1], "data.language_weights: expected a mapping"),
+    ],
+)
+def test_bad_language_weights_are_named(weights, expected):
+    with pytest.raises(ParamError, match=re.escape(expected)):
+        small_config(language_weights=weights)
 
 
 def test_default_sizes_languages_and_actions(default_data):
