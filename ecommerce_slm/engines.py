@@ -4,7 +4,8 @@
     engine.next_token_logprobs(ids, start)  -> log-probabilities of the next token at positions start..end
     engine.close()                          -> stops what the engine started (llama-server)
 
-transformers runs model folders (base, merged, GPTQ) in batches; llama-server runs GGUF files with
+transformers runs model folders (base, merged, GPTQ) in batches, computing a prompt prefix that every
+conversation shares (the untuned base's few-shot examples) once; llama-server runs GGUF files with
 parallel slots (continuous batching), llama-cpp-python one request at a time; the API engine talks to
 any OpenAI-compatible endpoint. Constrained decoding: xgrammar for transformers, llama.cpp's own
 JSON-schema grammar for GGUF, structured outputs for APIs.
@@ -12,6 +13,7 @@ JSON-schema grammar for GGUF, structured outputs for APIs.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -38,8 +40,31 @@ def left_padded_tokenizer(model_dir: str | Path):
     return tokenizer
 
 
+def shared_prefix_length(sequences: list[list[int]]) -> int:
+    """Tokens every sequence starts with, leaving each at least one of its own to start decoding from."""
+    limit = min(len(s) for s in sequences) - 1
+    n = 0
+    while n < limit and all(s[n] == sequences[0][n] for s in sequences):
+        n += 1
+    return n
+
+
+def pad_after_prefix(sequences: list[list[int]], shared: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left padding placed after the first `shared` tokens, so that a prefix computed once stays where it is.
+
+    With shared=0 this is the usual left padding. Padded positions are masked out, and positions count
+    unmasked tokens only, so each row is computed as if it stood alone.
+    """
+    width = max(len(s) for s in sequences)
+    ids = [s[:shared] + [pad_id] * (width - len(s)) + s[shared:] for s in sequences]
+    mask = [[1] * shared + [0] * (width - len(s)) + [1] * (len(s) - shared) for s in sequences]
+    return torch.tensor(ids), torch.tensor(mask)
+
+
 class TransformersEngine:
     kind = "transformers"
+    # below this the one-line system prompt of a tuned model: copying a cache costs what its prefill would
+    min_shared_prefix = 32
 
     def __init__(self, model_dir: str | Path, threads: int = 2, max_new_tokens: int = 48, batch_size: int = 16):
         configure_gptqmodel(threads)  # a GPTQ folder loads through gptqmodel's kernels
@@ -82,14 +107,27 @@ class TransformersEngine:
     def generate(self, conversations: list[list[dict]], schema: dict | None = None) -> list[str]:
         from transformers import LogitsProcessorList
 
+        if not conversations:
+            return []
         grammar = self._grammar(schema) if schema else None
+        prompts = [
+            self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations
+        ]
+        ids = [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+        shared = shared_prefix_length(ids)
+        shared = shared if shared >= self.min_shared_prefix else 0
+        prefix_cache = None
+        if shared:  # six worked examples are ~95% of a few-shot prompt: computed once, not once per row
+            with torch.no_grad():
+                prefix_cache = self.model(torch.tensor([ids[0][:shared]]), use_cache=True).past_key_values
         outputs = []
-        for i in range(0, len(conversations), self.batch_size):
-            prompts = [
-                self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
-                for c in conversations[i : i + self.batch_size]
-            ]
-            batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        for i in range(0, len(ids), self.batch_size):
+            chunk = ids[i : i + self.batch_size]
+            input_ids, attention_mask = pad_after_prefix(chunk, shared, self.tokenizer.pad_token_id)
+            cache = None
+            if prefix_cache is not None:
+                cache = copy.deepcopy(prefix_cache)  # generate() appends to the cache it is given
+                cache.batch_repeat_interleave(len(chunk))
             processors = LogitsProcessorList()
             if grammar is not None:
                 import xgrammar as xgr
@@ -97,13 +135,15 @@ class TransformersEngine:
                 processors.append(xgr.contrib.hf.LogitsProcessor(grammar))  # one per generate() call
             with torch.no_grad():
                 out = self.model.generate(
-                    **batch,
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    past_key_values=cache,
                     max_new_tokens=self.max_new_tokens,
                     do_sample=False,
                     pad_token_id=self.tokenizer.pad_token_id,
                     logits_processor=processors,
                 )
-            outputs += self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+            outputs += self.tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
         return outputs
 
     def next_token_logprobs(self, ids: list[int], start: int) -> torch.Tensor:

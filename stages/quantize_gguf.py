@@ -21,11 +21,9 @@ from ecommerce_slm.cli import ProjectError, stage_main
 from ecommerce_slm.files import atomic_file, write_json
 from ecommerce_slm.gguf_file import (
     GgufConfig,
-    GgufReader,
     check_level,
     describe,
     file_type,
-    file_type_name,
     uses_imatrix,
 )
 from ecommerce_slm.llama_tools import tool
@@ -36,8 +34,8 @@ class QuantizeError(ProjectError, RuntimeError):
     pass
 
 
-def quantize(source: Path, out_file: Path, level: str, threads: int, imatrix: Path | None = None) -> tuple[float, str]:
-    """Quantize into a temporary file and move it into place; return (seconds, llama-quantize's log)."""
+def quantize(source: Path, out_file: Path, level: str, threads: int, imatrix: Path | None = None) -> tuple[float, dict]:
+    """Quantize into a temporary file, check and describe it, move it into place; return (seconds, description)."""
     check_level(level, "level")
     if uses_imatrix(level) and (imatrix is None or not imatrix.is_file()):
         raise QuantizeError(
@@ -60,10 +58,13 @@ def quantize(source: Path, out_file: Path, level: str, threads: int, imatrix: Pa
             raise QuantizeError(
                 f"llama-quantize {source} {file_type(level)} exited with {done.returncode}:\n{log[-2000:]}"
             )
-        written = file_type_name(GgufReader(tmp))
-        if written != file_type(level):
-            raise QuantizeError(f"{out_file}: asked llama.cpp for {file_type(level)}, the file says {written}")
-    return time.perf_counter() - start, log
+        # described once, before the move: reading a file of this vocabulary costs about a second
+        info = describe(tmp, level, log, str(imatrix) if weighting else None) | {"path": str(out_file)}
+        if info["file_type"] != file_type(level):
+            raise QuantizeError(
+                f"{out_file}: asked llama.cpp for {file_type(level)}, the file says {info['file_type']}"
+            )
+    return time.perf_counter() - start, info
 
 
 @stage_main("quantize_gguf")
@@ -73,12 +74,8 @@ def main(argv: list[str] | None = None) -> str:
     level = check_level(parser.parse_args(argv).level, "level")
     cfg = GgufConfig.load()
     imatrix = IMATRIX_FILE if uses_imatrix(level) else None
-    seconds, log = quantize(F16_FILE, gguf_file(level), level, cfg.threads, imatrix)
-    info = {
-        **describe(gguf_file(level), level, log, str(imatrix) if imatrix else None),
-        "quantize_seconds": round(seconds, 2),
-        "threads": cfg.threads,
-    }
+    seconds, info = quantize(F16_FILE, gguf_file(level), level, cfg.threads, imatrix)
+    info |= {"quantize_seconds": round(seconds, 2), "threads": cfg.threads}
     write_json(variant_info(level), info)
     return (
         f"{level}: {info['file_bytes'] / 2**20:.1f} MiB, {info['bits_per_weight']} bits/weight "

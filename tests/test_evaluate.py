@@ -4,8 +4,9 @@ import json
 import shutil
 
 import pytest
+import torch
 
-from ecommerce_slm.engines import TransformersEngine
+from ecommerce_slm.engines import TransformersEngine, pad_after_prefix, shared_prefix_length
 from ecommerce_slm.evaluation import EvalConfig, EvalError, evaluate, kl_sequences, load_rows, mean_kl, pick_few_shot
 from ecommerce_slm.variants import Variant, resolve
 from stages.eval import main
@@ -95,6 +96,57 @@ def test_kl_is_zero_against_itself_and_positive_against_another_model(tiny_model
     assert all(0 < start < len(ids) for ids, start in sequences)
     assert mean_kl(first, first, sequences) == pytest.approx(0.0, abs=1e-6)
     assert mean_kl(first, TransformersEngine(tiny_wide_model_dir), sequences) > 0.01
+
+
+def test_shared_prefix_leaves_each_sequence_a_token_and_pads_after_it(real_tokenizer):
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 4, 5]]) == 2
+    assert shared_prefix_length([[1, 2], [1, 2, 3]]) == 1 and shared_prefix_length([[7, 8]]) == 1
+    ids, mask = pad_after_prefix([[1, 2, 3], [1, 2, 4, 5, 6]], 2, 0)
+    assert ids.tolist() == [[1, 2, 0, 0, 3], [1, 2, 4, 5, 6]] and mask.tolist() == [[1, 1, 0, 0, 1], [1] * 5]
+    # with nothing shared it is the tokenizer's own left padding
+    prompts = ["add 2 shampoos", "makni ruksak iz košarice molim te"]
+    left = real_tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt", add_special_tokens=False)
+    ids, mask = pad_after_prefix(
+        [real_tokenizer(p, add_special_tokens=False).input_ids for p in prompts], 0, real_tokenizer.pad_token_id
+    )
+    assert torch.equal(ids, left["input_ids"]) and torch.equal(mask, left["attention_mask"])
+
+
+def test_few_shot_prefix_computed_once_decodes_as_without_it(tiny_model_dir):
+    """The untuned base's worked examples are computed once per call; every step's logits stay the same."""
+    from ecommerce_slm.task import few_shot_messages
+
+    examples = [{"text": f"add {n} soaps", "action": "add", "product": "Soap", "quantity": n} for n in range(2, 8)]
+    texts = ["add 2 shampoos", "makni ruksak", "quita tres cepillos de dientes del carrito, por favor"]
+    conversations = [few_shot_messages(t, examples) for t in texts]
+
+    def decode(min_shared_prefix):
+        engine = TransformersEngine(tiny_model_dir, max_new_tokens=6, batch_size=2)  # a full and a partial batch
+        engine.min_shared_prefix = min_shared_prefix
+        original, calls = engine.model.generate, []
+
+        def recording(**kwargs):
+            out = original(**kwargs, output_scores=True, return_dict_in_generate=True)
+            calls.append(
+                (kwargs["past_key_values"] is not None, kwargs["input_ids"].shape[0], torch.stack(out.scores, 1))
+            )
+            return out.sequences
+
+        engine.model.generate = recording
+        answers = engine.generate(conversations)
+        return answers, calls
+
+    cached, cached_calls = decode(32)
+    plain, plain_calls = decode(10**9)
+    assert [c[:2] for c in cached_calls] == [(True, 2), (True, 1)] and [c[:2] for c in plain_calls] == [
+        (False, 2),
+        (False, 1),
+    ]
+    for (_, _, a), (_, _, b), rows in zip(cached_calls, plain_calls, ([0, 1], [2]), strict=True):
+        for i, row in enumerate(rows):
+            steps = a.shape[1] if cached[row] == plain[row] else 1  # after a different token the contexts differ
+            assert torch.allclose(a[i, :steps], b[i, :steps], atol=1e-4), row
+    assert sum(x == y for x, y in zip(cached, plain, strict=True)) >= 2
 
 
 def test_api_baseline_is_skipped_without_a_key(tmp_path, monkeypatch):

@@ -31,9 +31,9 @@ def wide_f16(tiny_wide_model_dir, tmp_path_factory):
 @pytest.mark.parametrize("level", list(K_QUANT_TYPES))
 def test_each_level_has_the_tensor_types_it_claims(wide_f16, level):
     out = wide_f16.with_name(f"{level}.gguf")
-    _, log = quantize(wide_f16, out, level, threads=2)
-    info = describe(out, level, log)
-    assert info["file_type"] == level
+    _, info = quantize(wide_f16, out, level, threads=2)
+    assert info["file_type"] == level and info["path"] == str(out)
+    assert describe(out, level) == info  # what was described (before the move) is what was published
     weights = {t for t in info["tensor_types"] if t != "F32"}  # norms stay F32 in every level
     assert weights <= K_QUANT_TYPES[level] | {"Q8_0", "Q6_K"} and weights & K_QUANT_TYPES[level], info["tensor_types"]
     assert info["fallback_tensors"] == 0 and info["fallbacks"] == {}
@@ -44,8 +44,7 @@ def test_narrow_rows_fall_back_and_the_json_says_so(tiny_model_dir, tmp_path):
     f16 = tmp_path / "F16.gguf"
     convert(tiny_model_dir, f16)  # 64-wide rows: no k-quant block of 256 fits
     out = tmp_path / "Q4_K_M.gguf"
-    _, log = quantize(f16, out, "Q4_K_M", threads=2)
-    info = describe(out, "Q4_K_M", log)
+    _, info = quantize(f16, out, "Q4_K_M", threads=2)
     assert info["fallback_tensors"] > 0 and info["fallbacks"].get("q4_K->q5_0", 0) > 0
     assert "Q4_K" not in info["tensor_types"]
     assert info["bits_per_weight"] > info["nominal_bits_per_weight"] == 4.5
@@ -126,8 +125,7 @@ def test_imatrix_from_training_requests_weights_the_iq_and_imat_levels(wide_f16,
     assert imatrix.is_file() and "imatrix" in log
     for level, types in (("IQ4_XS", {"IQ4_XS"}), ("Q3_K_M-imat", K_QUANT_TYPES["Q3_K_M"])):
         out = tmp_path / f"{level}.gguf"
-        _, log = quantize(wide_f16, out, level, threads=2, imatrix=imatrix)
-        info = describe(out, level, log, str(imatrix))
+        _, info = quantize(wide_f16, out, level, threads=2, imatrix=imatrix)
         assert info["file_type"] == level.removesuffix("-imat") and info["imatrix"] == str(imatrix)
         assert {t for t in info["tensor_types"] if t != "F32"} & types, info["tensor_types"]
 
