@@ -63,7 +63,8 @@ def pad_after_prefix(sequences: list[list[int]], shared: int, pad_id: int) -> tu
 
 class TransformersEngine:
     kind = "transformers"
-    # below this the one-line system prompt of a tuned model: copying a cache costs what its prefill would
+    # tokens a call's prompts must share before their cache is computed once: a tuned model's one-line
+    # system prompt is shorter, and copying its cache per batch would cost what recomputing it does
     min_shared_prefix = 32
 
     def __init__(self, model_dir: str | Path, threads: int = 2, max_new_tokens: int = 48, batch_size: int = 16):
@@ -117,7 +118,7 @@ class TransformersEngine:
         shared = shared_prefix_length(ids)
         shared = shared if shared >= self.min_shared_prefix else 0
         prefix_cache = None
-        if shared:  # six worked examples are ~95% of a few-shot prompt: computed once, not once per row
+        if shared:  # a few-shot prompt's worked examples are most of it: computed once, not once per row
             with torch.no_grad():
                 prefix_cache = self.model(torch.tensor([ids[0][:shared]]), use_cache=True).past_key_values
         outputs = []
