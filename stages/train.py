@@ -70,6 +70,10 @@ class TrainConfig(Section):
     lora_alpha: int = 32
     lora_dropout: float = 0.0  # CPU dropout draws a random mask per LoRA input: 30% of the step time
     target_modules: list = field(default_factory=lambda: list(LINEAR_PROJECTIONS))
+    # adapt only the top N decoder layers (0: all): backpropagation then stops at the lowest adapted one
+    lora_top_layers: int = 0
+    # LoRA+: the B matrices learn this many times faster than the A matrices (1: plain LoRA)
+    loraplus_lr_ratio: float = 1.0
     epochs: float = 1.0
     max_steps: int = 220  # > 0 overrides epochs
     batch_size: int = 8
@@ -116,6 +120,15 @@ class TrainConfig(Section):
             "a non-empty list of module names",
             self.target_modules,
         )
+        check(
+            isinstance(self.lora_top_layers, int)
+            and not isinstance(self.lora_top_layers, bool)
+            and self.lora_top_layers >= 0,
+            "lora_top_layers",
+            "an integer >= 0 (0: every layer)",
+            self.lora_top_layers,
+        )
+        check(self.loraplus_lr_ratio >= 1, "loraplus_lr_ratio", "a number >= 1 (1: plain LoRA)", self.loraplus_lr_ratio)
         check(self.epochs > 0, "epochs", "a number > 0", self.epochs)
         check(
             self.max_steps > 0 or self.max_steps == -1,
@@ -243,7 +256,16 @@ def check_target_modules(model, target_modules: list[str]) -> None:
         )
 
 
-def lora_config(cfg: TrainConfig):
+def top_layers(n_layers: int, top: int) -> list[int] | None:
+    """The indices of the top `top` of `n_layers` decoder layers (None: all of them)."""
+    if top == 0 or top == n_layers:
+        return None
+    if top > n_layers:
+        raise ParamError(f"params.yaml: train.lora_top_layers: {top}, but the model has only {n_layers} layers")
+    return list(range(n_layers - top, n_layers))
+
+
+def lora_config(cfg: TrainConfig, n_layers: int):
     from peft import LoraConfig
 
     return LoraConfig(
@@ -251,9 +273,39 @@ def lora_config(cfg: TrainConfig):
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=list(cfg.target_modules),
+        layers_to_transform=top_layers(n_layers, cfg.lora_top_layers),
         bias="none",
         task_type="CAUSAL_LM",
     )
+
+
+def trainer_class(cfg: TrainConfig):
+    """trl's SFTTrainer, or with `loraplus_lr_ratio` > 1 one whose optimizer is peft's LoRA+ (arXiv 2402.12354):
+    the same optimizer class and settings the trainer would build, with the B matrices' learning rate raised."""
+    from trl import SFTTrainer
+
+    if cfg.method != "lora" or cfg.loraplus_lr_ratio == 1:
+        return SFTTrainer
+
+    class LoraPlusTrainer(SFTTrainer):
+        def create_optimizer(self, model=None):
+            from peft.optimizers import create_loraplus_optimizer
+
+            if self.optimizer is None:
+                opt_model = self.model if model is None else model
+                optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+                kwargs.pop("lr", None)
+                self.optimizer = create_loraplus_optimizer(
+                    opt_model,
+                    optimizer_cls,
+                    lr=self.args.learning_rate,
+                    loraplus_lr_ratio=cfg.loraplus_lr_ratio,
+                    loraplus_weight_decay=self.args.weight_decay,
+                    **kwargs,
+                )
+            return self.optimizer
+
+    return LoraPlusTrainer
 
 
 def warmup_steps(cfg: TrainConfig, train_rows: int) -> int:
@@ -415,7 +467,6 @@ def train(
 ) -> dict:
     """Train and save the adapter; returns a summary (steps, losses, time, throughput, memory)."""
     from transformers import AutoTokenizer
-    from trl import SFTTrainer
 
     for path, what in (
         (base_dir / "config.json", "base model (run prepare_base)"),
@@ -435,13 +486,13 @@ def train(
     # finished, so a killed run never leaves live_dir describing a run that models/adapter is not from
     live_scratch = checkpoint_dir / "dvclive"
     all_callbacks = list(callbacks) + ([make_live_callback(live_scratch, bool(resume))] if live_dir else [])
-    trainer = SFTTrainer(
+    trainer = trainer_class(cfg)(
         model=model,
         args=sft_config(cfg, checkpoint_dir, bool(eval_rows), len(train_rows)),
         train_dataset=to_prompt_completion(train_rows),
         eval_dataset=to_prompt_completion(eval_rows) if eval_rows else None,
         processing_class=tokenizer,
-        peft_config=lora_config(cfg) if cfg.method == "lora" else None,
+        peft_config=lora_config(cfg, model.config.num_hidden_layers) if cfg.method == "lora" else None,
         callbacks=all_callbacks,
     )
     start = time.perf_counter()

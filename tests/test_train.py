@@ -94,12 +94,13 @@ def test_loss_covers_only_the_completion(tiny_model_dir, train_file, tmp_path, r
     from stages.train import lora_config, sft_config
 
     cfg = tiny_cfg()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     trainer = SFTTrainer(
-        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        model=model,
         args=sft_config(cfg, tmp_path / "out", has_eval=False),
         train_dataset=to_prompt_completion(ROWS[:4]),
         processing_class=real_tokenizer,
-        peft_config=lora_config(cfg),
+        peft_config=lora_config(cfg, model.config.num_hidden_layers),
     )
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     for i, row in enumerate(ROWS[:4]):
@@ -149,6 +150,8 @@ def test_unknown_target_module(tiny_model_dir, train_file, tmp_path):
         ({"quantization": "int3"}, "train.quantization: expected nf4 or none"),
         ({"learning_rate": 0}, "train.learning_rate: expected a number in (0, 1)"),
         ({"launcher": "slurm"}, "train.launcher: expected python or accelerate"),
+        ({"lora_top_layers": -1}, "train.lora_top_layers: expected an integer >= 0 (0: every layer)"),
+        ({"loraplus_lr_ratio": 0.5}, "train.loraplus_lr_ratio: expected a number >= 1 (1: plain LoRA)"),
     ],
 )
 def test_bad_train_params(values, message):
@@ -269,6 +272,57 @@ def test_full_fine_tune_trains_every_weight_and_merge_keeps_it(tiny_model_dir, t
     assert report["method"] == "full" and report["parameters"] == summary["trainable_parameters"]
     changed = [name for name, p in model.named_parameters() if not torch.equal(p, base.get_parameter(name))]
     assert "model.embed_tokens.weight" in changed and len(changed) > len(list(base.parameters())) // 2
+
+
+class OptimizerGroups(TrainerCallback):
+    """The learning rate each trainable parameter's optimizer group starts with, by parameter name."""
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        names = {id(p): name for name, p in model.named_parameters()}
+        self.lr = {names[id(p)]: group["lr"] for group in optimizer.param_groups for p in group["params"]}
+
+
+def test_lora_top_layers_adapts_only_those_and_stops_backpropagation_below(tiny_model_dir, train_file, tmp_path):
+    from peft import get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from stages.train import lora_config
+
+    run(tiny_model_dir, train_file, tmp_path, tiny_cfg(lora_top_layers=1, max_steps=2))
+    adapted = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert adapted and all(".layers.1." in name for name in adapted)  # the tiny model has layers 0 and 1
+
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora_config(tiny_cfg(lora_top_layers=1), 2)
+    )
+    needs_grad = {}
+
+    def record(index):
+        def hook(module, args, out):  # returns None: the layer's output is left as it is
+            needs_grad[index] = (out if isinstance(out, torch.Tensor) else out[0]).requires_grad
+
+        return hook
+
+    for i, layer in enumerate(model.base_model.model.model.layers):
+        layer.register_forward_hook(record(i))
+    model(input_ids=torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]])).loss.backward()
+    assert needs_grad == {0: False, 1: True}  # no autograd graph, so no backward pass, through layer 0
+
+
+def test_lora_top_layers_beyond_the_model(tiny_model_dir, train_file, tmp_path):
+    with pytest.raises(ParamError, match="train.lora_top_layers: 3, but the model has only 2 layers"):
+        run(tiny_model_dir, train_file, tmp_path, tiny_cfg(lora_top_layers=3))
+
+
+@pytest.mark.parametrize("ratio", [1.0, 4.0])
+def test_loraplus_gives_the_b_matrices_ratio_times_the_learning_rate(tiny_model_dir, train_file, tmp_path, ratio):
+    groups = OptimizerGroups()
+    run(tiny_model_dir, train_file, tmp_path, tiny_cfg(loraplus_lr_ratio=ratio, max_steps=1), [groups])
+    a_rates = {round(lr, 9) for name, lr in groups.lr.items() if "lora_A" in name}
+    b_rates = {round(lr, 9) for name, lr in groups.lr.items() if "lora_B" in name}
+    assert len(groups.lr) == 2 * 2 * 7  # A and B of 7 projections in 2 layers: nothing else is trained
+    assert a_rates == {3e-3} and b_rates == {round(3e-3 * ratio, 9)}
 
 
 def test_full_fine_tune_refuses_a_4bit_base():

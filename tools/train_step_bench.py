@@ -24,6 +24,7 @@ import yaml
 
 from ecommerce_slm.cli import stage_main
 from ecommerce_slm.files import write_json
+from ecommerce_slm.machine import cpu_info
 from ecommerce_slm.params import ParamError
 from ecommerce_slm.paths import BASE_DIR, TRAIN_FILE
 from stages.train import TrainConfig, train
@@ -101,13 +102,15 @@ def main(argv: list[str] | None = None) -> str:
         raise ParamError(f"--steps: expected more than {SKIPPED_STEPS}, got {args.steps}")
     base = TrainConfig.load()
     variants = [parse_variant(v, base) for v in args.variant or ["default"]]
-    results = {}
+    results, cpu = {}, cpu_info()
     for name, cfg in variants:
         results[name] = {
             **step_time_summary(step_times(cfg, args.steps)),
             "threads": cfg.threads,
             "batch_size": cfg.batch_size,
             "quantization": cfg.quantization,
+            "cpu": cpu["model"],
+            "cpu_flags": cpu["flags"],  # s/step compares only between runs on the same instruction sets
         }
         print(f"train_step_bench: {name}: {results[name]['median_seconds_per_step']} s/step", flush=True)
     write_json(args.out, results)
