@@ -129,6 +129,13 @@ class TrainConfig(Section):
             self.lora_top_layers,
         )
         check(self.loraplus_lr_ratio >= 1, "loraplus_lr_ratio", "a number >= 1 (1: plain LoRA)", self.loraplus_lr_ratio)
+        for name, off in (("lora_top_layers", 0), ("loraplus_lr_ratio", 1)):
+            check(
+                self.method == "lora" or getattr(self, name) == off,
+                name,
+                f"{off} with method full (it has no LoRA matrices)",
+                getattr(self, name),
+            )
         check(self.epochs > 0, "epochs", "a number > 0", self.epochs)
         check(
             self.max_steps > 0 or self.max_steps == -1,
