@@ -120,14 +120,6 @@ class TrainConfig(Section):
             "a non-empty list of module names",
             self.target_modules,
         )
-        check(
-            isinstance(self.lora_top_layers, int)
-            and not isinstance(self.lora_top_layers, bool)
-            and self.lora_top_layers >= 0,
-            "lora_top_layers",
-            "an integer >= 0 (0: every layer)",
-            self.lora_top_layers,
-        )
         check(self.loraplus_lr_ratio >= 1, "loraplus_lr_ratio", "a number >= 1 (1: plain LoRA)", self.loraplus_lr_ratio)
         for name, off in (("lora_top_layers", 0), ("loraplus_lr_ratio", 1)):
             check(
@@ -154,14 +146,10 @@ class TrainConfig(Section):
             "logging_steps",
         ):
             check(is_pos_int(getattr(self, name)), name, "a positive integer", getattr(self, name))
-        check(
-            isinstance(self.score_examples, int)
-            and not isinstance(self.score_examples, bool)
-            and self.score_examples >= 0,
-            "score_examples",
-            "an integer >= 0",
-            self.score_examples,
-        )
+        for name, note in (("lora_top_layers", " (0: every layer)"), ("score_examples", "")):
+            value = getattr(self, name)
+            is_count = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            check(is_count, name, f"an integer >= 0{note}", value)
         check(0 < self.learning_rate < 1, "learning_rate", "a number in (0, 1)", self.learning_rate)
         check(
             self.scheduler in SCHEDULERS,
