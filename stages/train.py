@@ -72,8 +72,9 @@ class TrainConfig(Section):
     target_modules: list = field(default_factory=lambda: list(LINEAR_PROJECTIONS))
     # adapt only the top N decoder layers (0: all): backpropagation then stops at the lowest adapted one
     lora_top_layers: int = 0
-    # LoRA+: the B matrices learn this many times faster than the A matrices (1: plain LoRA)
-    loraplus_lr_ratio: float = 1.0
+    # LoRA+: the B matrices learn this many times faster than the A matrices (1: plain LoRA); 4 scored
+    # 5 points above 1 on validation with two seeds, in the same minutes
+    loraplus_lr_ratio: float = 4.0
     epochs: float = 1.0
     max_steps: int = 220  # > 0 overrides epochs
     batch_size: int = 8

@@ -43,6 +43,7 @@ def tiny_cfg(**overrides):
         logging_steps=1,
         max_length=128,
         threads=2,
+        loraplus_lr_ratio=1.0,  # trl's own trainer; the LoRA+ tests ask for theirs
     )
     return TrainConfig(**{**values, **overrides})
 
