@@ -280,7 +280,7 @@ def trainer_class(cfg: TrainConfig):
     the same optimizer class and settings the trainer would build, with the B matrices' learning rate raised."""
     from trl import SFTTrainer
 
-    if cfg.method != "lora" or cfg.loraplus_lr_ratio == 1:
+    if cfg.loraplus_lr_ratio == 1:  # always so with method full (TrainConfig refuses another ratio)
         return SFTTrainer
 
     class LoraPlusTrainer(SFTTrainer):

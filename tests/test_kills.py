@@ -43,6 +43,7 @@ TRAIN = {
     "eval_examples": 8,
     "logging_steps": 1,
     "max_length": 128,
+    "loraplus_lr_ratio": 4,  # the default's LoRA+ optimizer: its state must resume as well
 }
 
 

@@ -153,8 +153,11 @@ def test_unknown_target_module(tiny_model_dir, train_file, tmp_path):
         ({"launcher": "slurm"}, "train.launcher: expected python or accelerate"),
         ({"lora_top_layers": -1}, "train.lora_top_layers: expected an integer >= 0 (0: every layer)"),
         ({"loraplus_lr_ratio": 0.5}, "train.loraplus_lr_ratio: expected a number >= 1 (1: plain LoRA)"),
-        ({"method": "full", "loraplus_lr_ratio": 4}, "train.loraplus_lr_ratio: expected 1 with method full"),
-        ({"method": "full", "lora_top_layers": 12}, "train.lora_top_layers: expected 0 with method full"),
+        ({"method": "full"}, "train.loraplus_lr_ratio: expected 1 with method full"),  # the LoRA+ default
+        (
+            {"method": "full", "lora_top_layers": 12, "loraplus_lr_ratio": 1},
+            "train.lora_top_layers: expected 0 with method full",
+        ),
     ],
 )
 def test_bad_train_params(values, message):
