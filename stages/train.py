@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -49,6 +49,7 @@ from ecommerce_slm.task import completion_messages, intent_of, prompt_messages
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LINEAR_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+AUTO_STEPS = {"float32": 220, "bfloat16": 500, "float16": 500}
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 
@@ -56,7 +57,8 @@ SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_wi
 class TrainConfig(Section):
     """`train:` QLoRA (or plain LoRA) with trl's SFTTrainer, loss on the JSON answer only.
 
-    Defaults suit the embedded 135M model on 2 CPU cores (about 12 minutes). The paper's recipe
+    Defaults suit the embedded 135M model on 2 CPU cores (13-14 minutes of training on an AVX2 laptop CPU
+    and on one with native bf16 alike: `max_steps: auto`). The paper's recipe
     (r=8, alpha=16, dropout 0.1, 5 epochs, batch 8, lr 2e-5) is `presets/paper.yaml`.
     """
 
@@ -76,7 +78,10 @@ class TrainConfig(Section):
     # 5 points above 1 on validation with two seeds, in the same minutes
     loraplus_lr_ratio: float = 4.0
     epochs: float = 1.0
-    max_steps: int = 220  # > 0 overrides epochs
+    # > 0 overrides epochs; -1 trains for `epochs`; auto: auto_steps of the compute dtype chosen
+    max_steps: Any = "auto"
+    # what fits the same ~14 minutes on 2 cores: float32 (AVX2) 3.7 s/step, bfloat16 (AMX) 1.4-1.7 s/step
+    auto_steps: dict = field(default_factory=lambda: dict(AUTO_STEPS))
     batch_size: int = 8
     gradient_accumulation: int = 1
     learning_rate: float = 2e-3
@@ -131,10 +136,16 @@ class TrainConfig(Section):
             )
         check(self.epochs > 0, "epochs", "a number > 0", self.epochs)
         check(
-            self.max_steps > 0 or self.max_steps == -1,
+            self.max_steps == "auto" or is_pos_int(self.max_steps) or self.max_steps == -1,
             "max_steps",
-            "a positive integer, or -1 to use epochs",
+            "auto, a positive integer, or -1 to use epochs",
             self.max_steps,
+        )
+        check(
+            set(self.auto_steps) == set(DTYPES) and all(map(is_pos_int, self.auto_steps.values())),
+            "auto_steps",
+            f"a step count (positive integer) for each of {', '.join(DTYPES)}",
+            self.auto_steps,
         )
         for name in (
             "batch_size",
@@ -172,6 +183,16 @@ def resolve_compute_dtype(name: str, cpu_flags: list[str] | None = None) -> str:
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
     flags = set(cpu_info()["flags"] if cpu_flags is None else cpu_flags)
     return "bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
+
+
+def resolve(cfg: TrainConfig, cpu_flags: list[str] | None = None) -> TrainConfig:
+    """The config with its `auto` values decided for this machine: the compute dtype first, then the steps
+    that dtype affords. The step count depends on the machine class, as the dtype does: on an AVX2 CPU
+    float32 steps cost 2.7x bf16 steps on one with AMX, and the learning curve rises with every step
+    (docs/measurements.md), so each class gets the steps that fit the same minutes."""
+    dtype = resolve_compute_dtype(cfg.compute_dtype, cpu_flags)
+    steps = cfg.auto_steps[dtype] if cfg.max_steps == "auto" else cfg.max_steps
+    return dataclasses.replace(cfg, compute_dtype=dtype, max_steps=steps)
 
 
 def to_prompt_completion(rows: list[dict]):
@@ -471,7 +492,7 @@ def train(
         if not path.exists():
             raise FileNotFoundError(f"{path}: missing {what}")
     torch.set_num_threads(cfg.threads)
-    cfg = dataclasses.replace(cfg, compute_dtype=resolve_compute_dtype(cfg.compute_dtype))
+    cfg = resolve(cfg)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     train_rows = read_jsonl(train_file)
     eval_rows = read_jsonl(validation_file)[: cfg.eval_examples] if validation_file and validation_file.exists() else []

@@ -62,7 +62,10 @@ def test_a_wrong_type_is_named_for_every_key(section, key, kind):
         ("data.quantity.max", 500, "expected an integer in 1..99"),
         ("data.metaprompt.temperature", 3, "expected a number in [0, 2]"),
         ("train.lora_dropout", 1.0, "expected a rate in [0, 1)"),
-        ("train.max_steps", 0, "expected a positive integer, or -1 to use epochs"),
+        ("train.max_steps", 0, "expected auto, a positive integer, or -1 to use epochs"),
+        ("train.max_steps", "many", "expected auto, a positive integer, or -1 to use epochs"),
+        ("train.auto_steps", {"float32": 220}, "expected a step count (positive integer) for each of float32,"),
+        ("train.auto_steps", {"float32": 0, "bfloat16": 1, "float16": 1}, "expected a step count (positive"),
         ("train.learning_rate", 2, "expected a number in (0, 1)"),
         ("merge.tolerance", -1, "expected auto or a number > 0"),
         ("gptq.bits", 5, "expected 2, 3, 4 or 8"),
@@ -94,7 +97,8 @@ def test_every_section_has_an_out_of_range_case():
 @pytest.mark.parametrize(
     "key, value, expected",
     [
-        ("train.max_steps", True, "expected an integer, got True"),  # YAML's true is not 1
+        ("train.batch_size", True, "expected an integer, got True"),  # YAML's true is not 1
+        ("train.max_steps", True, "expected auto, a positive integer, or -1 to use epochs, got True"),
         ("train.epochs", float("inf"), "expected a finite number, got inf"),
         ("data.seed", True, "expected an integer, got True"),
         ("eval.limit", True, "expected an integer, got True"),

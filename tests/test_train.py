@@ -257,6 +257,32 @@ def test_compute_dtype_auto_follows_the_cpu(name, flags, expected):
     assert resolve_compute_dtype(name, flags) == expected
 
 
+@pytest.mark.parametrize(
+    "max_steps, flags, expected",
+    [
+        ("auto", ["avx2", "fma"], ("float32", 220)),  # an AVX2 laptop: float32 steps cost 2.7x
+        ("auto", ["avx2", "avx512_bf16", "amx_bf16"], ("bfloat16", 560)),
+        (300, ["avx2", "amx_bf16"], ("bfloat16", 300)),  # a number is kept
+        (-1, ["avx2"], ("float32", -1)),  # so is "train for `epochs`"
+    ],
+)
+def test_auto_steps_follow_the_compute_dtype(max_steps, flags, expected):
+    from stages.train import resolve
+
+    cfg = resolve(TrainConfig(max_steps=max_steps, auto_steps={"float32": 220, "bfloat16": 560, "float16": 560}), flags)
+    assert (cfg.compute_dtype, cfg.max_steps) == expected
+
+
+def test_auto_steps_are_what_a_run_trains(tiny_model_dir, train_file, tmp_path):
+    from stages.train import resolve_compute_dtype
+
+    steps = {"float32": 2, "bfloat16": 3, "float16": 4}
+    summary = run(
+        tiny_model_dir, train_file, tmp_path, tiny_cfg(max_steps="auto", auto_steps=steps, compute_dtype="auto")
+    )
+    assert summary["steps"] == steps[resolve_compute_dtype("auto")] == steps[summary["compute_dtype"]]
+
+
 def test_train_records_the_dtype_it_chose(tiny_model_dir, train_file, tmp_path):
     from stages.train import resolve_compute_dtype
 
