@@ -374,11 +374,14 @@ def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, train_rows: i
 
 
 def run_id(cfg: TrainConfig, train_file: Path, base_dir: Path) -> str:
-    """What a checkpoint was trained from: params (minus those that don't change the result), data, base."""
+    """What a checkpoint was trained from: params (minus those that don't change the result), data, base.
+
+    `cfg` is resolved, so `max_steps` is the count this machine trains and `auto_steps` (the other
+    dtypes' counts) is left out: editing another dtype's entry must not restart this run."""
     params = {
         k: v
         for k, v in dataclasses.asdict(cfg).items()
-        if k not in ("threads", "logging_steps", "launcher", "save_steps")
+        if k not in ("threads", "logging_steps", "launcher", "save_steps", "auto_steps")
     }
     h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
     h.update(hashlib.sha256(train_file.read_bytes()).digest())
