@@ -24,6 +24,7 @@ import torch
 from ecommerce_slm.cli import ProjectError
 from ecommerce_slm.endpoint import Endpoint, api_error
 from ecommerce_slm.gptq import configure_gptqmodel
+from ecommerce_slm.llama_tools import FLASH_ATTENTION
 
 
 class EngineError(ProjectError, RuntimeError):
@@ -166,7 +167,13 @@ class LlamaCppEngine:
             raise EngineError(f"{gguf_file}: no such GGUF file")
         self.path, self.threads, self.n_ctx, self.max_new_tokens = str(gguf_file), threads, n_ctx, max_new_tokens
         self.llm = llama_cpp.Llama(
-            self.path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, seed=0, verbose=False
+            self.path,
+            n_ctx=n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            flash_attn=FLASH_ATTENTION,
+            seed=0,
+            verbose=False,
         )
         self.logits = LlamaCppLogits(self.path, threads, n_ctx)
 
@@ -207,6 +214,7 @@ class LlamaCppLogits:
                 n_ctx=self.n_ctx,
                 n_threads=self.threads,
                 n_threads_batch=self.threads,
+                flash_attn=FLASH_ATTENTION,
                 logits_all=True,
                 verbose=False,
             )

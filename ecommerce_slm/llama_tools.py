@@ -33,6 +33,12 @@ from ecommerce_slm.cli import ProjectError
 
 TOOLS = ("llama-server", "llama-quantize", "llama-imatrix", "llama-perplexity", "llama-bench")
 LOOPBACK = "127.0.0.1"
+# Flash attention in every llama.cpp engine, the programs and the binding alike. It is llama.cpp's own default
+# (`auto`: on for the CPU) but not the binding's, so it is spelled out for all of them. On 2 cores it makes
+# llama-server's eval 20% faster and the binding's 9%; on the tuned Q4_K_M it moved 2 of 300 greedy answers
+# of the binding (docs/measurements.md, issue 15).
+FLASH_ATTENTION = True
+FLASH_ATTENTION_FLAG = ["--flash-attn", "on" if FLASH_ATTENTION else "off"]
 
 
 class LlamaToolError(ProjectError, RuntimeError):
@@ -107,9 +113,7 @@ class LlamaServer:
             "--cache-ram", "0",
             "--ctx-size", str(self.context_per_slot * self.parallel),
             "--no-webui",
-            # the binding's default. Flash attention on is ~25% faster here but moves answers: on the tuned
-            # Q4_K_M, 287 of 300 greedy answers of the binding itself stay the same with it on
-            "--flash-attn", "off",
+            *FLASH_ATTENTION_FLAG,
             "--poll", "0",  # idle threads sleep: the clients share these 2 cores (+10% requests/s here)
             "--seed", "0",
             *self.extra_args,
@@ -193,6 +197,7 @@ def llama_bench(model: str | Path, prompt_tokens: int, new_tokens: int, threads:
             str(repeats),
             "--output",
             "json",
+            *FLASH_ATTENTION_FLAG,
         ],  # fmt: skip
         capture_output=True,
         text=True,
@@ -228,7 +233,15 @@ def perplexity_kl(reference: str | Path, model: str | Path, text: str, context: 
     with tempfile.TemporaryDirectory(prefix="kld-") as scratch:
         text_file, base = Path(scratch, "text.txt"), Path(scratch, "reference.kld")
         text_file.write_text(text, encoding="utf-8")
-        common = ["--file", str(text_file), "--ctx-size", str(context), "--threads", str(threads)]
+        common = [
+            "--file",
+            str(text_file),
+            "--ctx-size",
+            str(context),
+            "--threads",
+            str(threads),
+            *FLASH_ATTENTION_FLAG,
+        ]
         for step in (["--model", str(reference)], ["--model", str(model), "--kl-divergence"]):
             done = subprocess.run(
                 [tool("llama-perplexity"), *step, "--kl-divergence-base", str(base), *common],
