@@ -70,7 +70,7 @@ class EvalConfig(Section):
     # json_schema decoding restricts product to this catalog's names; "" allows any string
     catalog: str = DEFAULT_CATALOG
     max_new_tokens: int = 48
-    batch_size: int = 16  # transformers generates this many requests at once
+    batch_size: int = 64  # generated at once by transformers (merged, 300 rows: 16 -> 45 s, 64 -> 31 s)
     threads: int = 2
     # GGUF files: llama-server with `parallel` slots decoding at once (continuous batching), or the
     # llama-cpp-python binding one request at a time (what the server's answers are checked against)
