@@ -25,7 +25,7 @@ from typing import ClassVar
 from ecommerce_slm.cli import ProjectError
 from ecommerce_slm.files import read_jsonl, write_json
 from ecommerce_slm.gptq import configure_gptqmodel
-from ecommerce_slm.llama_tools import FLASH_ATTENTION, llama_bench
+from ecommerce_slm.llama_tools import llama_bench, load_binding
 from ecommerce_slm.machine import NvmlEnergyReader, RaplReader, fingerprint, same_machine
 from ecommerce_slm.params import Section, check, is_pos_int
 from ecommerce_slm.paths import BENCH_DIR, EVAL_FILE, HARDWARE_FILE, MERGED_DIR
@@ -167,14 +167,7 @@ def _llama_cpp_repeat(location: str, prompts: list[list[int]], cfg: BenchConfig)
 
     rss_start = rss_mib()
     start = time.perf_counter()
-    llm = llama_cpp.Llama(
-        location,
-        n_ctx=2048,
-        n_threads=cfg.threads,
-        n_threads_batch=cfg.threads,
-        flash_attn=FLASH_ATTENTION,
-        verbose=False,
-    )
+    llm = load_binding(location, cfg.threads)
     load_seconds = time.perf_counter() - start
     rss_loaded = rss_mib()
 

@@ -24,7 +24,7 @@ import torch
 from ecommerce_slm.cli import ProjectError
 from ecommerce_slm.endpoint import Endpoint, api_error
 from ecommerce_slm.gptq import configure_gptqmodel
-from ecommerce_slm.llama_tools import FLASH_ATTENTION
+from ecommerce_slm.llama_tools import load_binding
 
 
 class EngineError(ProjectError, RuntimeError):
@@ -161,20 +161,10 @@ class LlamaCppEngine:
     kind = "llama_cpp"
 
     def __init__(self, gguf_file: str | Path, threads: int = 2, max_new_tokens: int = 48, n_ctx: int = 2048):
-        import llama_cpp
-
         if not Path(gguf_file).is_file():
             raise EngineError(f"{gguf_file}: no such GGUF file")
         self.path, self.threads, self.n_ctx, self.max_new_tokens = str(gguf_file), threads, n_ctx, max_new_tokens
-        self.llm = llama_cpp.Llama(
-            self.path,
-            n_ctx=n_ctx,
-            n_threads=threads,
-            n_threads_batch=threads,
-            flash_attn=FLASH_ATTENTION,
-            seed=0,
-            verbose=False,
-        )
+        self.llm = load_binding(self.path, threads, n_ctx, seed=0)
         self.logits = LlamaCppLogits(self.path, threads, n_ctx)
 
     def generate(self, conversations: list[list[dict]], schema: dict | None = None) -> list[str]:
@@ -206,18 +196,9 @@ class LlamaCppLogits:
         self._scorer = None
 
     def next_token_logprobs(self, ids: list[int], start: int) -> torch.Tensor:
-        import llama_cpp
 
         if self._scorer is None:  # logits for every position (slower than generation needs)
-            self._scorer = llama_cpp.Llama(
-                self.path,
-                n_ctx=self.n_ctx,
-                n_threads=self.threads,
-                n_threads_batch=self.threads,
-                flash_attn=FLASH_ATTENTION,
-                logits_all=True,
-                verbose=False,
-            )
+            self._scorer = load_binding(self.path, self.threads, self.n_ctx, logits_all=True)
         self._scorer.reset()
         self._scorer.eval(ids)
         logits = torch.from_numpy(np.array(self._scorer.scores[start - 1 : len(ids) - 1], dtype=np.float32))

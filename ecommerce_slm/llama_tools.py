@@ -41,6 +41,21 @@ FLASH_ATTENTION = True
 FLASH_ATTENTION_FLAG = ["--flash-attn", "on" if FLASH_ATTENTION else "off"]
 
 
+def load_binding(model: str | Path, threads: int, n_ctx: int = 2048, **options):
+    """llama-cpp-python's model on `model` with what every binding engine shares (threads, flash attention)."""
+    import llama_cpp
+
+    return llama_cpp.Llama(
+        str(model),
+        n_ctx=n_ctx,
+        n_threads=threads,
+        n_threads_batch=threads,
+        flash_attn=FLASH_ATTENTION,
+        verbose=False,
+        **options,
+    )
+
+
 class LlamaToolError(ProjectError, RuntimeError):
     pass
 
