@@ -208,7 +208,7 @@ def synthesize(
     else:
         rng = random.Random(cfg.seed)
         rows, counts = generate_rows(
-            plan_specs(cfg.languages, cfg.quantity, catalog, train_styles, rng, cfg.language_weights),
+            plan_specs(cfg.languages, cfg.quantity, catalog, train_styles, rng, cfg.language_weights, cover_words=True),
             write,
             cfg.n_examples,
             rng,
@@ -282,6 +282,17 @@ def dataset_stats(
             "max": max(quantities, default=0),
             "mean": round(sum(q * c for q, c in quantities.items()) / max(1, len(train)), 3),
             "styles": dict(sorted(Counter(r.get("quantity_style", "unknown") for r in train).items())),
+            # per language: how many of the quantities 1..max the training stream writes in words at least once
+            "words_covered": {
+                language: len(
+                    {
+                        r["quantity"]
+                        for r in train + splits["validation"]
+                        if r.get("quantity_style") == "words" and r.get("language") == language
+                    }
+                )
+                for language in sorted({r.get("language", "unknown") for r in train})
+            },
         },
         "noise_rates": noise,
         "any_noise_rate": share(train, lambda r: bool(r.get("noise"))),

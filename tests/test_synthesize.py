@@ -120,6 +120,26 @@ def test_slots_are_rich_enough_to_compose_from(slots):
             assert len([e for e in slots.expressions[language] if e.action == action]) >= 30, (language, action)
 
 
+def test_frame_words_are_no_action_cue(slots):
+    """A frame's words ("actually", "ipak", "he cambiado de idea") say nothing about the action; where one also
+    occurs inside expressions, it must occur in both actions' expressions, or the model learns it as the verb
+    ("ipak" only in remove statements: "Ipak ubaci 1 šampon" read as remove)."""
+
+    def words(text):
+        return set(re.findall(r"[^\W\d_]+", re.sub(r"\{\w+\}", " ", text).casefold()))
+
+    for language, frames in slots.frames.items():
+        frame_words = set().union(*(words(f.text) for f in frames))
+        used_by = {
+            action: set().union(
+                *(words(e.imp) | words(e.inf) for e in slots.expressions[language] if e.action == action)
+            )
+            for action in ("add", "remove")
+        }
+        one_sided = {w for w in frame_words if (w in used_by["add"]) != (w in used_by["remove"])}
+        assert not one_sided, (language, sorted(one_sided))
+
+
 def test_every_row_answer_matches_the_slots_it_was_built_from(default_data, slots, catalog):
     expressions = {e.id: e for language in slots.expressions for e in slots.expressions[language]}
     for split_rows in default_data[0].values():
@@ -189,6 +209,18 @@ def test_quantities_mostly_small_with_a_long_tail(default_data):
     assert all(r["quantity"] == 1 and not any(c.isdigit() for c in r["text"]) for r in implicit)
     assert any(
         "a dozen" in r["text"].lower() or "tucet" in r["text"].lower() or "docena" in r["text"].lower() for r in rows
+    )
+
+
+def test_training_writes_every_number_word_and_the_eval_set_keeps_the_skewed_draw(default_data, catalog):
+    splits, stats = default_data
+    assert stats["quantity"]["words_covered"] == {"en": 50, "es": 50, "hr": 50}
+    skewed, skewed_stats = synthesize(DataConfig.from_dict({"quantity": {"words_cover_share": 0.0}}), catalog)
+    assert min(skewed_stats["quantity"]["words_covered"].values()) < 35  # the zipf draw alone leaves gaps
+    assert [r["text"] for r in skewed["eval"]] == [r["text"] for r in splits["eval"]]
+    words = [r for r in splits["train"] if r["quantity_style"] == "words"]
+    assert sum(r["quantity"] > 20 for r in words) > 2 * sum(
+        r["quantity"] > 20 for r in skewed["train"] if r["quantity_style"] == "words"
     )
 
 
