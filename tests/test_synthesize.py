@@ -431,3 +431,24 @@ def test_every_quantity_expression_maps_back_to_its_quantity(language, catalog):
                         assert read_quantity(language, item, forms) == n, (item, n)
                         checked += 1
     assert checked > 10_000
+
+
+def test_dev_set_is_drawn_like_training_and_shares_no_text(tmp_path, slots, catalog):
+    from tools.dev_set import main as dev_set
+
+    first = tmp_path / "first.jsonl"
+    assert dev_set(["--seed", "777", "--n", "60", "--out", str(first)]) == 0
+    rows = [json.loads(line) for line in first.read_text(encoding="utf-8").splitlines()]
+    excluded = tmp_path / "train.jsonl"
+    excluded.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in rows[:20]), encoding="utf-8")
+    second = tmp_path / "second.jsonl"
+    assert dev_set(["--seed", "777", "--n", "60", "--exclude", str(excluded), "--out", str(second)]) == 0
+    again = [json.loads(line) for line in second.read_text(encoding="utf-8").splitlines()]
+    assert len(again) == 60 and not {r["text"] for r in rows[:20]} & {r["text"] for r in again}
+    cfg = DataConfig.load()
+    split = split_slots(slots, catalog, cfg.languages, cfg.heldout_share, cfg.seed)
+    for row in again:  # the training slots only: the held-out ones belong to the eval set
+        assert row["style"] not in split.heldout["frame"] and row["expression"] not in split.heldout["expression"]
+        assert row["product_form"] not in split.heldout["synonym"] and row["unseen"] == []
+    with pytest.raises(SystemExit):
+        dev_set(["--seed", str(cfg.eval_seed), "--out", str(tmp_path / "x.jsonl")])
