@@ -27,7 +27,8 @@ class QuantityConfig(Section):
     zipf_exponent: float = 1.6
     round_number_boost: float = 2.5
     implicit_one_share: float = 0.5  # of quantity-1 requests, the share that names no number
-    words_share: float = 0.3  # of explicit quantities, the share written as words
+    words_share: float = 0.3  # of explicit quantities, the share written as words (the eval set)
+    training_words_share: float = 0.3  # the same for training rows (equal: one stream, as before the option)
     # Training only: of the requests written in words, the share whose quantity cycles through 1..max in a
     # shuffled order instead of the skewed draw, which leaves half the words of 11..50 unwritten in 2,700
     # rows; the model cannot read "diecisiete" or "trideset osam" it never saw. The eval set keeps the draw.
@@ -39,6 +40,7 @@ class QuantityConfig(Section):
         check(self.round_number_boost >= 1, "round_number_boost", "a number >= 1", self.round_number_boost)
         check(is_rate(self.implicit_one_share), "implicit_one_share", "a rate in [0, 1]", self.implicit_one_share)
         check(is_rate(self.words_share), "words_share", "a rate in [0, 1]", self.words_share)
+        check(is_rate(self.training_words_share), "training_words_share", "a rate in [0, 1]", self.training_words_share)
         check(is_rate(self.words_cover_share), "words_cover_share", "a rate in [0, 1]", self.words_cover_share)
 
 
@@ -107,10 +109,12 @@ def plan_specs(
     styles: dict[tuple[str, str], list[str]],
     rng: random.Random,
     language_weights: dict[str, float] | None = None,
-    cover_words: bool = False,
+    training: bool = False,
 ) -> Iterator[Spec]:
     """Endless stream of ground truths: languages interleaved by weight (equal: a cycle, as in the paper),
-    the rest drawn. `cover_words` (training): a share of the number words cycles through 1..max per language."""
+    the rest drawn. For `training` rows, quantities are written in words at `training_words_share`, and a
+    share of those words cycles through 1..max per language (`words_cover_share`)."""
+    words_share = quantity.training_words_share if training else quantity.words_share
     weights = quantity_weights(quantity)
     quantities = list(range(1, quantity.max + 1))
     word_cycles: dict[str, list[int]] = {}
@@ -121,8 +125,8 @@ def plan_specs(
         if amount == 1 and rng.random() < quantity.implicit_one_share:
             quantity_style = "implicit"
         else:
-            quantity_style = "words" if rng.random() < quantity.words_share else "digits"
-            cover = cover_words and quantity.words_cover_share > 0  # 0: the same stream as without the option
+            quantity_style = "words" if rng.random() < words_share else "digits"
+            cover = training and quantity.words_cover_share > 0  # 0: the same stream as without the option
             if quantity_style == "words" and cover and rng.random() < quantity.words_cover_share:
                 if not word_cycles.get(language):
                     word_cycles[language] = rng.sample(quantities, len(quantities))

@@ -208,7 +208,7 @@ def synthesize(
     else:
         rng = random.Random(cfg.seed)
         rows, counts = generate_rows(
-            plan_specs(cfg.languages, cfg.quantity, catalog, train_styles, rng, cfg.language_weights, cover_words=True),
+            plan_specs(cfg.languages, cfg.quantity, catalog, train_styles, rng, cfg.language_weights, training=True),
             write,
             cfg.n_examples,
             rng,

@@ -61,6 +61,7 @@ def test_a_wrong_type_is_named_for_every_key(section, key, kind):
         ("data.noise.typo", 1.5, "expected a rate in [0, 1], got 1.5"),
         ("data.quantity.max", 500, "expected an integer in 1..99"),
         ("data.quantity.words_cover_share", 1.5, "expected a rate in [0, 1], got 1.5"),
+        ("data.quantity.training_words_share", -0.1, "expected a rate in [0, 1], got -0.1"),
         ("data.metaprompt.temperature", 3, "expected a number in [0, 2]"),
         ("train.lora_dropout", 1.0, "expected a rate in [0, 1)"),
         ("train.max_steps", 0, "expected auto, a positive integer, or -1 to use epochs"),

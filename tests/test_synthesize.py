@@ -222,6 +222,9 @@ def test_training_writes_every_number_word_and_the_eval_set_keeps_the_skewed_dra
     assert sum(r["quantity"] > 20 for r in words) > 2 * sum(
         r["quantity"] > 20 for r in skewed["train"] if r["quantity_style"] == "words"
     )
+    more, _ = synthesize(DataConfig.from_dict({"quantity": {"training_words_share": 0.6}}), catalog)
+    assert [r["text"] for r in more["eval"]] == [r["text"] for r in splits["eval"]]
+    assert sum(r["quantity_style"] == "words" for r in more["train"]) > 1.6 * len(words)
 
 
 def test_quantity_weights_normalised_and_decreasing():
