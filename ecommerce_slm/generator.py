@@ -115,6 +115,7 @@ def plan_specs(
     the rest drawn. For `training` rows, quantities are written in words at `training_words_share`, and a
     share of those words cycles through 1..max per language (`words_cover_share`)."""
     words_share = quantity.training_words_share if training else quantity.words_share
+    cover = training and quantity.words_cover_share > 0  # 0: the same stream as without the option
     weights = quantity_weights(quantity)
     quantities = list(range(1, quantity.max + 1))
     word_cycles: dict[str, list[int]] = {}
@@ -126,7 +127,6 @@ def plan_specs(
             quantity_style = "implicit"
         else:
             quantity_style = "words" if rng.random() < words_share else "digits"
-            cover = training and quantity.words_cover_share > 0  # 0: the same stream as without the option
             if quantity_style == "words" and cover and rng.random() < quantity.words_cover_share:
                 if not word_cycles.get(language):
                     word_cycles[language] = rng.sample(quantities, len(quantities))
