@@ -16,7 +16,7 @@ from typing import ClassVar
 
 from ecommerce_slm.catalog import Catalog, load_catalog
 from ecommerce_slm.cli import ProjectError, stage_main
-from ecommerce_slm.compose import SLOT_NAMES, ComposeWriter, load_slots, slot_texts, split_slots
+from ecommerce_slm.compose import SLOT_NAMES, ComposeWriter, Slots, SlotSplit, load_slots, slot_texts, split_slots
 from ecommerce_slm.files import RowFormatError, iter_rows, write_json, write_jsonl
 from ecommerce_slm.generator import QuantityConfig, generate_rows, plan_specs, split_heldout
 from ecommerce_slm.metaprompt import STYLE_IDS, MetapromptConfig, MetapromptWriter
@@ -169,6 +169,15 @@ def metaprompt_styles(cfg: DataConfig) -> tuple[dict, dict]:
     return train, heldout
 
 
+def offline_writer(
+    cfg: DataConfig, catalog: Catalog, slots: Slots, vocab: NoiseVocab
+) -> tuple[SlotSplit, ComposeWriter, dict[tuple[str, str], list[str]]]:
+    """The held-out split, the writer of training rows (training slots only) and the frames it draws from."""
+    split = split_slots(slots, catalog, cfg.languages, cfg.heldout_share, cfg.seed)
+    write = ComposeWriter(slots, catalog, split, cfg.noise.rates(), vocab)
+    return split, write, {(lang, a): write.frame_ids(lang) for lang in cfg.languages for a in ACTIONS}
+
+
 def synthesize(
     cfg: DataConfig, catalog: Catalog, vocab: NoiseVocab | None = None, client=None
 ) -> tuple[dict[str, list[dict]], dict]:
@@ -181,10 +190,8 @@ def synthesize(
     rates = cfg.noise.rates()
     split = None
     if cfg.backend == "offline":
-        split = split_slots(slots, catalog, cfg.languages, cfg.heldout_share, cfg.seed)
-        write = ComposeWriter(slots, catalog, split, rates, vocab)
+        split, write, train_styles = offline_writer(cfg, catalog, slots, vocab)
         write_eval = ComposeWriter(slots, catalog, split, rates, vocab, unseen_share=cfg.eval_unseen_share)
-        train_styles = {(lang, a): write.frame_ids(lang) for lang in cfg.languages for a in ACTIONS}
         heldout_styles = {(lang, a): write_eval.frame_ids(lang) for lang in cfg.languages for a in ACTIONS}
     else:
         write = write_eval = MetapromptWriter(cfg.metaprompt, catalog, slot_texts(slots), rates, vocab, client=client)

@@ -16,12 +16,11 @@ import random
 import sys
 
 from ecommerce_slm.catalog import load_catalog
-from ecommerce_slm.compose import ComposeWriter, load_slots, split_slots
+from ecommerce_slm.compose import load_slots
 from ecommerce_slm.files import iter_rows, write_jsonl
 from ecommerce_slm.generator import generate_rows, plan_specs
 from ecommerce_slm.noise import NoiseVocab
-from ecommerce_slm.task import ACTIONS
-from stages.synthesize import DataConfig
+from stages.synthesize import DataConfig, offline_writer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,11 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = DataConfig.load()
     if args.seed in (cfg.seed, cfg.eval_seed):
         parser.error(f"--seed {args.seed} is data.seed or data.eval_seed: the set would repeat their rows")
+    if cfg.backend != "offline" or cfg.source:
+        parser.error(
+            "draws from the offline generator's slots; params.yaml: data.backend must be offline and data.source empty"
+        )
     catalog = load_catalog(cfg.catalog, cfg.languages)
-    slots = load_slots()
-    split = split_slots(slots, catalog, cfg.languages, cfg.heldout_share, cfg.seed)
-    write = ComposeWriter(slots, catalog, split, cfg.noise.rates(), NoiseVocab.load())
-    styles = {(language, action): write.frame_ids(language) for language in cfg.languages for action in ACTIONS}
+    _, write, styles = offline_writer(cfg, catalog, load_slots(), NoiseVocab.load())
     exclude = {row["text"].casefold() for path in args.exclude for _, row in iter_rows(path)}
     rng = random.Random(args.seed)
     rows, counts = generate_rows(
