@@ -50,6 +50,7 @@ from ecommerce_slm.task import completion_messages, intent_of, prompt_messages
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LINEAR_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 AUTO_STEPS = {"float32": 220, "bfloat16": 500, "float16": 500}
+ATTENTIONS = ("auto", "eager", "sdpa")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 
@@ -68,6 +69,8 @@ class TrainConfig(Section):
     double_quant: bool = True
     # matmul dtype: auto (bfloat16 where the hardware has it, else float32) | float32 | bfloat16 | float16
     compute_dtype: str = "auto"
+    # auto: eager for bf16 on a CPU, sdpa elsewhere | eager | sdpa (transformers' attention implementation)
+    attention: str = "auto"
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0  # CPU dropout draws a random mask per LoRA input: 30% of the step time
@@ -115,6 +118,7 @@ class TrainConfig(Section):
             "auto, float32, bfloat16 or float16",
             self.compute_dtype,
         )
+        check(self.attention in ATTENTIONS, "attention", "auto, eager or sdpa", self.attention)
         check(is_pos_int(self.lora_r), "lora_r", "a positive integer", self.lora_r)
         check(self.lora_alpha > 0, "lora_alpha", "a number > 0", self.lora_alpha)
         check(
@@ -185,14 +189,30 @@ def resolve_compute_dtype(name: str, cpu_flags: list[str] | None = None) -> str:
     return "bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
 
 
+def resolve_attention(name: str, compute_dtype: str, on_gpu: bool) -> str:
+    """`auto`: eager attention for bf16 on a CPU, sdpa elsewhere. Training rows are ~60 tokens, and PyTorch's
+    CPU flash-attention backward in bf16 took 7 ms a layer, 16% of a step; eager's small matmuls and
+    softmax cost a fraction of that. In float32 on a CPU the two are a tie, and on a GPU sdpa wins."""
+    if name != "auto":
+        return name
+    return "eager" if compute_dtype == "bfloat16" and not on_gpu else "sdpa"
+
+
+def uses_autocast(cfg: TrainConfig) -> bool:
+    """Whether the trainer runs the forward pass under autocast (as sft_config asks it to)."""
+    return cfg.compute_dtype == "bfloat16" or (cfg.compute_dtype == "float16" and torch.cuda.is_available())
+
+
 def resolve(cfg: TrainConfig, cpu_flags: list[str] | None = None) -> TrainConfig:
-    """The config with its `auto` values decided for this machine: the compute dtype first, then the steps
-    that dtype affords. The step count depends on the machine class, as the dtype does: on an AVX2 CPU
-    float32 steps cost 2.7x bf16 steps on one with AMX, and the learning curve rises with every step
-    (docs/measurements.md), so each class gets the steps that fit the same minutes."""
+    """The config with its `auto` values decided for this machine: the compute dtype first, then the
+    attention and the steps that dtype affords. The step count depends on the machine class, as the dtype
+    does: on an AVX2 CPU float32 steps cost 2.7x bf16 steps on one with AMX, and the learning curve rises
+    with every step (docs/measurements.md), so each class gets the steps that fit the same minutes."""
     dtype = resolve_compute_dtype(cfg.compute_dtype, cpu_flags)
     steps = cfg.auto_steps[dtype] if cfg.max_steps == "auto" else cfg.max_steps
-    return dataclasses.replace(cfg, compute_dtype=dtype, max_steps=steps)
+    on_gpu = cpu_flags is None and torch.cuda.is_available()
+    attention = resolve_attention(cfg.attention, dtype, on_gpu)
+    return dataclasses.replace(cfg, compute_dtype=dtype, attention=attention, max_steps=steps)
 
 
 def to_prompt_completion(rows: list[dict]):
@@ -207,7 +227,7 @@ def to_prompt_completion(rows: list[dict]):
 def load_training_model(base_dir: Path, cfg: TrainConfig):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    kwargs = {"dtype": DTYPES[cfg.compute_dtype]}
+    kwargs = {"dtype": DTYPES[cfg.compute_dtype], "attn_implementation": cfg.attention}
     if cfg.quantization == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -253,6 +273,23 @@ def completion_tokens_only_scoring() -> Iterator[None]:
         yield
     finally:
         trl_utils._use_triton = original
+
+
+@contextlib.contextmanager
+def lora_input_casting(model, enabled: bool) -> Iterator[None]:
+    """Whether peft casts each LoRA layer's input to the adapter's dtype, inside this block (restored after).
+    Off only under autocast, which casts for the matmul itself; a forward pass without it needs the cast."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    before = [getattr(m, "cast_input_dtype_enabled", True) for m in layers]
+    for layer in layers:
+        layer.cast_input_dtype_enabled = enabled
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, before, strict=True):
+            layer.cast_input_dtype_enabled = value
 
 
 def linear_module_names(model) -> set[str]:
@@ -516,7 +553,9 @@ def train(
         callbacks=all_callbacks,
     )
     start = time.perf_counter()
-    with completion_tokens_only_scoring():
+    # peft casts each LoRA input to the adapter's float32 and autocast casts it straight back to bf16: two
+    # copies per adapted layer and pass (12% of a bf16 step here) for the same numbers (a test checks)
+    with completion_tokens_only_scoring(), lora_input_casting(trainer.model, enabled=not uses_autocast(cfg)):
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
     if trainer.is_world_process_zero():
@@ -551,6 +590,7 @@ def train(
         "method": cfg.method,
         "quantization": cfg.quantization,
         "compute_dtype": cfg.compute_dtype,
+        "attention": cfg.attention,
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         **scored,
     }
@@ -570,7 +610,8 @@ def validation_scores(model, base_dir: Path, rows: list[dict], cfg: TrainConfig)
 
     start = time.perf_counter()
     engine = TransformersEngine.from_loaded(model.eval(), base_dir)
-    raw = engine.generate([prompt_messages(row["text"]) for row in rows])
+    with lora_input_casting(model, enabled=True):  # decoding runs without autocast, also mid-training
+        raw = engine.generate([prompt_messages(row["text"]) for row in rows])
     summary = accuracy_summary(rows, [score_one(text, row) for text, row in zip(raw, rows, strict=True)])
     return {
         "validation_scored": summary["n"],

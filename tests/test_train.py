@@ -1,6 +1,7 @@
 """Training on a tiny random Llama with SmolLM2's real tokenizer: loss, masking, resume, bad params."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -151,6 +152,7 @@ def test_unknown_target_module(tiny_model_dir, train_file, tmp_path):
         ({"quantization": "int3"}, "train.quantization: expected nf4 or none"),
         ({"learning_rate": 0}, "train.learning_rate: expected a number in (0, 1)"),
         ({"launcher": "slurm"}, "train.launcher: expected python or accelerate"),
+        ({"attention": "flash_attention_2"}, "train.attention: expected auto, eager or sdpa"),
         ({"lora_top_layers": -1}, "train.lora_top_layers: expected an integer >= 0 (0: every layer)"),
         ({"loraplus_lr_ratio": 0.5}, "train.loraplus_lr_ratio: expected a number >= 1 (1: plain LoRA)"),
         ({"method": "full"}, "train.loraplus_lr_ratio: expected 1 with method full"),  # the LoRA+ default
@@ -273,6 +275,53 @@ def test_auto_steps_follow_the_compute_dtype(max_steps, flags, expected):
     assert (cfg.compute_dtype, cfg.max_steps) == expected
 
 
+@pytest.mark.parametrize(
+    "name, dtype, on_gpu, expected",
+    [
+        ("auto", "bfloat16", False, "eager"),  # CPU flash-attention backward in bf16: 16% of a step
+        ("auto", "float32", False, "sdpa"),  # a tie on a CPU in float32
+        ("auto", "bfloat16", True, "sdpa"),
+        ("sdpa", "bfloat16", False, "sdpa"),  # an explicit choice is kept
+    ],
+)
+def test_attention_auto_follows_the_dtype_and_device(name, dtype, on_gpu, expected):
+    from stages.train import resolve_attention
+
+    assert resolve_attention(name, dtype, on_gpu) == expected
+
+
+def test_lora_inputs_left_in_bf16_under_autocast_keep_loss_and_gradients(tiny_model_dir, real_tokenizer):
+    """train() stops peft casting each LoRA input up to the adapter's float32 while autocast casts it back
+    down: the same loss and LoRA gradients, bit for bit, without the two copies."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from stages.train import lora_input_casting
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16, attn_implementation="eager")
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"]))
+    lora_b = model.base_model.model.model.layers[0].mlp.down_proj.lora_B["default"].weight
+    assert lora_b.dtype == torch.float32  # peft keeps adapters in float32 on a bf16 base
+    torch.nn.init.normal_(lora_b)  # B starts at zero, which would make A's gradient zero either way
+    batch = real_tokenizer(["please add 3 shampoos", "remove 2 socks please"], return_tensors="pt", padding=True)
+
+    def loss_and_grads():
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**batch, labels=batch["input_ids"]).loss
+        loss.backward()
+        return loss.item(), [p.grad.clone() for n, p in model.named_parameters() if "lora_" in n]
+
+    cast_loss, cast_grads = loss_and_grads()
+    with lora_input_casting(model, enabled=False):
+        kept_loss, kept_grads = loss_and_grads()
+    assert all(m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "lora_A"))  # restored
+    assert kept_loss == cast_loss
+    assert len(kept_grads) == 8 and any(g.abs().sum() > 0 for g in kept_grads)
+    for kept, cast in zip(kept_grads, cast_grads, strict=True):
+        torch.testing.assert_close(kept, cast, rtol=0, atol=0)
+
+
 def test_another_dtypes_step_count_does_not_restart_a_run(tmp_path):
     from stages.train import resolve, run_id
 
@@ -299,11 +348,28 @@ def test_auto_steps_are_what_a_run_trains(tiny_model_dir, train_file, tmp_path):
     assert summary["steps"] == steps[resolve_compute_dtype("auto")] == steps[summary["compute_dtype"]]
 
 
-def test_train_records_the_dtype_it_chose(tiny_model_dir, train_file, tmp_path):
-    from stages.train import resolve_compute_dtype
+def test_train_records_the_dtype_and_attention_it_chose(tiny_model_dir, train_file, tmp_path):
+    from stages.train import resolve_attention, resolve_compute_dtype
 
     summary = run(tiny_model_dir, train_file, tmp_path, tiny_cfg(max_steps=2, compute_dtype="auto"))
     assert summary["compute_dtype"] == resolve_compute_dtype("auto") in ("float32", "bfloat16")
+    assert summary["attention"] == resolve_attention("auto", summary["compute_dtype"], on_gpu=False)
+
+
+def test_a_bf16_run_trains_with_eager_attention_and_bf16_lora_inputs(tiny_model_dir, train_file, tmp_path):
+    """bf16 works on every CPU (emulated where not native, so slow but right): the path the AMX default takes."""
+    from transformers import TrainerCallback
+
+    seen = {}
+
+    class Look(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            adapted = model.base_model.model.model.layers[0].self_attn.q_proj
+            seen.update(attention=model.config._attn_implementation, casting=adapted.cast_input_dtype_enabled)
+
+    summary = run(tiny_model_dir, train_file, tmp_path, tiny_cfg(max_steps=2, compute_dtype="bfloat16"), [Look()])
+    assert seen == {"attention": "eager", "casting": False} and summary["attention"] == "eager"
+    assert math.isfinite(summary["final_loss"])
 
 
 def test_full_fine_tune_trains_every_weight_and_merge_keeps_it(tiny_model_dir, train_file, tmp_path):
