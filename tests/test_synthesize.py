@@ -455,3 +455,19 @@ def test_dev_set_is_drawn_like_training_and_shares_no_text(tmp_path, slots, cata
         assert row["product_form"] not in split.heldout["synonym"] and row["unseen"] == []
     with pytest.raises(SystemExit):
         dev_set(["--seed", str(cfg.eval_seed), "--out", str(tmp_path / "x.jsonl")])
+
+
+@pytest.mark.parametrize("change", [{"backend": "metaprompt"}, {"source": "my_requests.jsonl"}])
+def test_dev_set_refuses_params_it_would_ignore(tmp_path, monkeypatch, capsys, change):
+    """It draws from the offline slots; with another backend or a source file it would silently describe
+    data that training does not use."""
+    import dataclasses
+
+    import tools.dev_set
+
+    cfg = dataclasses.replace(DataConfig.load(), **change)
+    monkeypatch.setattr(tools.dev_set.DataConfig, "load", classmethod(lambda cls, *a, **k: cfg))
+    out = tmp_path / "dev.jsonl"
+    with pytest.raises(SystemExit):
+        tools.dev_set.main(["--seed", "777", "--n", "5", "--out", str(out)])
+    assert "data.backend must be offline and data.source empty" in capsys.readouterr().err and not out.exists()
