@@ -554,7 +554,8 @@ def train(
     )
     start = time.perf_counter()
     # peft casts each LoRA input to the adapter's float32 and autocast casts it straight back to bf16: two
-    # copies per adapted layer and pass (12% of a bf16 step here) for the same numbers (a test checks)
+    # copies per adapted layer and pass (12% of a profiled bf16 step, within the step bench's noise) for
+    # the same numbers (a test checks)
     with completion_tokens_only_scoring(), lora_input_casting(trainer.model, enabled=not uses_autocast(cfg)):
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
