@@ -198,11 +198,6 @@ def resolve_attention(name: str, compute_dtype: str, on_gpu: bool) -> str:
     return "eager" if compute_dtype == "bfloat16" and not on_gpu else "sdpa"
 
 
-def uses_autocast(cfg: TrainConfig) -> bool:
-    """Whether the trainer runs the forward pass under autocast (as sft_config asks it to)."""
-    return cfg.compute_dtype == "bfloat16" or (cfg.compute_dtype == "float16" and torch.cuda.is_available())
-
-
 def resolve(cfg: TrainConfig, cpu_flags: list[str] | None = None) -> TrainConfig:
     """The config with its `auto` values decided for this machine: the compute dtype first, then the
     attention and the steps that dtype affords. The step count depends on the machine class, as the dtype
@@ -556,7 +551,8 @@ def train(
     # peft casts each LoRA input to the adapter's float32 and autocast casts it straight back to bf16: two
     # copies per adapted layer and pass (12% of a profiled bf16 step, within the step bench's noise) for
     # the same numbers (a test checks)
-    with completion_tokens_only_scoring(), lora_input_casting(trainer.model, enabled=not uses_autocast(cfg)):
+    under_autocast = trainer.args.bf16 or trainer.args.fp16
+    with completion_tokens_only_scoring(), lora_input_casting(trainer.model, enabled=not under_autocast):
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
     if trainer.is_world_process_zero():
