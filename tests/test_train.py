@@ -305,6 +305,10 @@ def test_lora_inputs_left_in_bf16_under_autocast_keep_loss_and_gradients(tiny_mo
     torch.nn.init.normal_(lora_b)  # B starts at zero, which would make A's gradient zero either way
     batch = real_tokenizer(["please add 3 shampoos", "remove 2 socks please"], return_tensors="pt", padding=True)
 
+    lora_a = model.base_model.model.model.layers[0].mlp.down_proj.lora_A["default"]
+    input_dtypes = []
+    lora_a.register_forward_pre_hook(lambda module, args: input_dtypes.append(args[0].dtype))
+
     def loss_and_grads():
         model.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -316,6 +320,7 @@ def test_lora_inputs_left_in_bf16_under_autocast_keep_loss_and_gradients(tiny_mo
     with lora_input_casting(model, enabled=False):
         kept_loss, kept_grads = loss_and_grads()
     assert all(m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "lora_A"))  # restored
+    assert input_dtypes == [torch.float32, torch.bfloat16]  # the cast happened, then it did not
     assert kept_loss == cast_loss
     assert len(kept_grads) == 8 and any(g.abs().sum() > 0 for g in kept_grads)
     for kept, cast in zip(kept_grads, cast_grads, strict=True):
