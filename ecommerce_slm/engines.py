@@ -121,11 +121,14 @@ class TransformersEngine:
         prefix_cache = None
         if shared:  # a few-shot prompt's worked examples are most of it: computed once, not once per row
             with torch.no_grad():
-                prefix_cache = self.model(torch.tensor([ids[0][:shared]]), use_cache=True).past_key_values
+                prefix = torch.tensor([ids[0][:shared]], device=self.model.device)
+                prefix_cache = self.model(prefix, use_cache=True).past_key_values
         outputs = []
         for i in range(0, len(ids), self.batch_size):
             chunk = ids[i : i + self.batch_size]
             input_ids, attention_mask = pad_after_prefix(chunk, shared, self.tokenizer.pad_token_id)
+            # a model on a GPU (the train stage scoring its own result there) takes its inputs there
+            input_ids, attention_mask = input_ids.to(self.model.device), attention_mask.to(self.model.device)
             cache = None
             if prefix_cache is not None:
                 cache = copy.deepcopy(prefix_cache)  # generate() appends to the cache it is given
@@ -150,8 +153,8 @@ class TransformersEngine:
 
     def next_token_logprobs(self, ids: list[int], start: int) -> torch.Tensor:
         with torch.no_grad():
-            logits = self.model(torch.tensor([ids])).logits[0].float()
-        return torch.log_softmax(logits[start - 1 : len(ids) - 1], dim=-1)
+            logits = self.model(torch.tensor([ids], device=self.model.device)).logits[0].float()
+        return torch.log_softmax(logits[start - 1 : len(ids) - 1], dim=-1).cpu()
 
     def close(self) -> None:
         pass

@@ -112,6 +112,24 @@ def test_shared_prefix_leaves_each_sequence_a_token_and_pads_after_it(real_token
     assert torch.equal(ids, left["input_ids"]) and torch.equal(mask, left["attention_mask"])
 
 
+def test_generate_sends_its_inputs_to_the_models_device(tiny_model_dir):
+    """The train stage scores its own result where it trained (a GPU): the prompts must follow the model.
+
+    Here "meta" stands in for a GPU: a device other than the CPU the prompts are tokenized on.
+    """
+    engine = TransformersEngine(tiny_model_dir, max_new_tokens=2)
+    engine.model.to("meta")
+    seen = []
+
+    def recording(input_ids, attention_mask, **kwargs):
+        seen.append((input_ids.device.type, attention_mask.device.type))
+        return torch.zeros((input_ids.shape[0], input_ids.shape[1] + 2), dtype=torch.long)
+
+    engine.model.generate = recording
+    assert len(engine.generate([[{"role": "user", "content": "add 2 shampoos"}]])) == 1
+    assert seen == [("meta", "meta")]
+
+
 def test_few_shot_prefix_computed_once_decodes_as_without_it(tiny_model_dir):
     """The untuned base's worked examples are computed once per call; every step's logits stay the same."""
     from ecommerce_slm.task import few_shot_messages
