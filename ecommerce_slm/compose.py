@@ -79,6 +79,12 @@ class SlotSplit:
 
     heldout: dict[str, set[str]] = field(default_factory=dict)  # slot name -> ids
     totals: dict[str, int] = field(default_factory=dict)
+    # slot name -> ids a writer of this split never draws: a second held-out slice (tools/dev_set) skips the
+    # eval set's slice, so the two never share a slot value
+    excluded: dict[str, set[str]] = field(default_factory=dict)
+
+    def usable(self, slot: str, ids: list[str]) -> list[str]:
+        return [i for i in ids if i not in self.excluded.get(slot, ())]
 
     def shares(self) -> dict[str, dict]:
         return {
@@ -96,26 +102,35 @@ def synonym_ids(catalog: Catalog, language: str) -> list[str]:
     return [f"{p.name}|{language}|{i}" for p in catalog.products for i in range(1, len(p.forms[language]))]
 
 
-def split_slots(slots: Slots, catalog: Catalog, languages: list[str], share: float, seed: int) -> SlotSplit:
+def split_slots(
+    slots: Slots,
+    catalog: Catalog,
+    languages: list[str],
+    share: float,
+    seed: int,
+    among: SlotSplit | None = None,
+    purpose: str = "heldout",
+) -> SlotSplit:
     """Hold out `share` of each group: frames per (language, kind), expressions per (language, action,
-    kind), synonyms per language."""
+    kind), synonyms per language. With `among`, only from the values `among` leaves to training (a second
+    slice, keyed by `purpose`, that the first never overlaps)."""
+    taken = among.heldout if among else {}
     heldout = {slot: set() for slot in SLOT_NAMES}
     totals = dict.fromkeys(SLOT_NAMES, 0)
+
+    def hold(slot: str, ids: list[str], group: str) -> None:
+        ids = [i for i in ids if i not in taken.get(slot, ())]
+        heldout[slot] |= seeded_share(ids, share, f"{purpose}:{seed}:{slot}:{group}")
+        totals[slot] += len(ids)
+
     for language in languages:
         for kind in FRAME_KINDS:
-            ids = [f.id for f in slots.frames[language] if f.kind == kind]
-            heldout["frame"] |= seeded_share(ids, share, f"heldout:{seed}:frame:{language}:{kind}")
-            totals["frame"] += len(ids)
+            hold("frame", [f.id for f in slots.frames[language] if f.kind == kind], f"{language}:{kind}")
         for action in ACTIONS:
             for kind in EXPRESSION_KINDS:
                 ids = [e.id for e in slots.expressions[language] if e.action == action and e.kind == kind]
-                heldout["expression"] |= seeded_share(
-                    ids, share, f"heldout:{seed}:expression:{language}:{action}:{kind}"
-                )
-                totals["expression"] += len(ids)
-        ids = synonym_ids(catalog, language)
-        heldout["synonym"] |= seeded_share(ids, share, f"heldout:{seed}:synonym:{language}")
-        totals["synonym"] += len(ids)
+                hold("expression", ids, f"{language}:{action}:{kind}")
+        hold("synonym", synonym_ids(catalog, language), language)
     return SlotSplit(heldout, totals)
 
 
@@ -140,7 +155,8 @@ class ComposeWriter:
     def frame_ids(self, language: str) -> list[str]:
         """The frames this writer's split may use: the ids plan_specs draws a style from."""
         held = self.split.heldout["frame"]
-        return [f.id for f in self.slots.frames[language] if (f.id in held) == self.for_eval]
+        ids = [f.id for f in self.slots.frames[language] if (f.id in held) == self.for_eval]
+        return self.split.usable("frame", ids)
 
     def _pick(self, seen: list, unseen: list, rng: random.Random):
         """(value, is_unseen): an unseen one with probability unseen_share when there is one."""
@@ -154,7 +170,12 @@ class ComposeWriter:
         language = spec.language
         frame = next(f for f in self.slots.frames[language] if f.id == spec.style)
         kinds = [k for k, frame_kinds in FRAMES_OF.items() if frame.kind in frame_kinds]
-        candidates = [e for e in self.slots.expressions[language] if e.action == spec.action and e.kind in kinds]
+        usable = set(self.split.usable("expression", [e.id for e in self.slots.expressions[language]]))
+        candidates = [
+            e
+            for e in self.slots.expressions[language]
+            if e.action == spec.action and e.kind in kinds and e.id in usable
+        ]
         held = self.split.heldout["expression"]
         expression, unseen_expression = self._pick(
             [e for e in candidates if e.id not in held],
@@ -164,7 +185,8 @@ class ComposeWriter:
         forms = self.catalog[spec.product].forms[language]
         synonyms_held = self.split.heldout["synonym"]
         form_ids = [f"{spec.product}|{language}|{i}" for i in range(len(forms))]
-        seen_forms = [i for i, fid in enumerate(form_ids) if fid not in synonyms_held]
+        usable_forms = set(self.split.usable("synonym", form_ids))
+        seen_forms = [i for i, fid in enumerate(form_ids) if fid not in synonyms_held and fid in usable_forms]
         # the usual name most of the time, a (seen) synonym sometimes
         seen_forms = seen_forms[:1] if len(seen_forms) == 1 or rng.random() < 0.6 else seen_forms[1:]
         form_index, unseen_form = self._pick(

@@ -471,3 +471,35 @@ def test_dev_set_refuses_params_it_would_ignore(tmp_path, monkeypatch, capsys, c
     with pytest.raises(SystemExit):
         tools.dev_set.main(["--seed", "777", "--n", "5", "--out", str(out)])
     assert "data.backend must be offline and data.source empty" in capsys.readouterr().err and not out.exists()
+
+
+def test_dev_set_of_unseen_slots_and_training_rows_without_them(tmp_path, slots, catalog, capsys):
+    """--unseen-share: a second held-out slice that neither the training file nor the eval set's slice
+    touches, and a dev set built from it the way the eval set is built from its own."""
+    from tools.dev_set import main as dev_set
+
+    train_out, out = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
+    args = ["--seed", "778", "--n", "120", "--unseen-share", "0.2", "--train-out", str(train_out), "--out", str(out)]
+    assert dev_set(args) == 0
+    cfg = DataConfig.load()
+    eval_slice = split_slots(slots, catalog, cfg.languages, cfg.heldout_share, cfg.seed)
+    dev_slice = split_slots(slots, catalog, cfg.languages, 0.2, 778, among=eval_slice, purpose="dev")
+    fields = {"frame": "style", "expression": "expression", "synonym": "product_form"}
+    for slot in fields:
+        assert dev_slice.heldout[slot] and not dev_slice.heldout[slot] & eval_slice.heldout[slot]
+    train = [json.loads(line) for line in train_out.read_text(encoding="utf-8").splitlines()]
+    dev = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(train) == cfg.n_examples and len(dev) == 120
+    for row in train:  # neither slice reaches training
+        for slot, name in fields.items():
+            assert row[name] not in eval_slice.heldout[slot] | dev_slice.heldout[slot]
+    for row in dev:  # only its own slice's frames; never a slot of the eval set's slice
+        assert row["style"] in dev_slice.heldout["frame"]
+        assert all(row[name] not in eval_slice.heldout[slot] for slot, name in fields.items())
+    for slot in ("expression", "synonym"):  # rows with a verb or synonym training lacks say so
+        marked = [r for r in dev if slot in r["unseen"]]
+        assert marked and all(r[fields[slot]] in dev_slice.heldout[slot] for r in marked)
+    assert not {r["text"].casefold() for r in train} & {r["text"].casefold() for r in dev}
+    with pytest.raises(SystemExit):  # a set of unseen slots means nothing against the usual training data
+        dev_set(["--seed", "778", "--unseen-share", "0.2", "--out", str(tmp_path / "x.jsonl")])
+    assert "--train-out" in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()

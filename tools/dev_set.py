@@ -7,19 +7,31 @@ Neither test set (data/eval.jsonl, data/handwritten.jsonl) is read or touched.
 
     python -m tools.dev_set --seed 777 --n 600 --exclude data/train.jsonl data/validation.jsonl --out /tmp/dev.jsonl
     python -m stages.eval --model models/merged --data /tmp/dev.jsonl --out /tmp/dev_merged.json
+
+Such a set is drawn like training and so cannot see what a recipe does for words training lacks, which
+is where the eval set's misses are. `--unseen-share S` builds the other kind: it holds out a second
+seeded slice (S of each group of training frames, verbs and synonyms, never the eval set's slice) and
+writes, besides the dev set built from it the way the eval set is built from its own slice, a training
+file without it (`data.n_examples` rows or `--n-train`, `data.seed`). Recipes are then trained on that file and compared
+on that set; no test set is read:
+
+    python -m tools.dev_set --seed 778 --n 600 --unseen-share 0.2 --train-out /tmp/train_dev.jsonl --out /tmp/dev_unseen.jsonl
+    dvc exp run --temp -n NAME -S data.source=/tmp/train_dev.jsonl [-S the recipe change] merge
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import sys
 
 from ecommerce_slm.catalog import load_catalog
-from ecommerce_slm.compose import load_slots
+from ecommerce_slm.compose import ComposeWriter, SlotSplit, load_slots, split_slots
 from ecommerce_slm.files import iter_rows, write_jsonl
 from ecommerce_slm.generator import generate_rows, plan_specs
 from ecommerce_slm.noise import NoiseVocab
+from ecommerce_slm.task import ACTIONS
 from stages.synthesize import DataConfig, offline_writer
 
 
@@ -29,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=600)
     parser.add_argument("--exclude", nargs="+", default=[], help=".jsonl files whose texts the set must not contain")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--unseen-share", type=float, help="hold out this share of the training slots for the set")
+    parser.add_argument("--train-out", help="with --unseen-share: the training rows without that slice (.jsonl)")
+    parser.add_argument("--n-train", type=int, help="rows in --train-out (default: data.n_examples)")
     args = parser.parse_args(argv)
     cfg = DataConfig.load()
     if args.seed in (cfg.seed, cfg.eval_seed):
@@ -37,9 +52,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             "draws from the offline generator's slots; params.yaml: data.backend must be offline and data.source empty"
         )
+    if (args.unseen_share is None) != (args.train_out is None):
+        parser.error(
+            "--unseen-share and --train-out go together: a set of unseen slots needs training data without them"
+        )
+    if args.unseen_share is not None and not 0 < args.unseen_share < 1:
+        parser.error(f"--unseen-share: expected a share in (0, 1), got {args.unseen_share}")
+    if args.n_train is not None and (args.train_out is None or args.n_train < 2):
+        parser.error(f"--n-train: expected a row count >= 2 with --train-out, got {args.n_train}")
     catalog = load_catalog(cfg.catalog, cfg.languages)
-    _, write, styles = offline_writer(cfg, catalog, load_slots(), NoiseVocab.load())
+    slots, vocab = load_slots(), NoiseVocab.load()
+    eval_split, write, styles = offline_writer(cfg, catalog, slots, vocab)
     exclude = {row["text"].casefold() for path in args.exclude for _, row in iter_rows(path)}
+    if args.unseen_share is not None:
+        if args.n_train is not None:
+            cfg = dataclasses.replace(cfg, n_examples=args.n_train)
+        write, styles, train_rows = unseen_slice(cfg, catalog, slots, vocab, eval_split, args.unseen_share, args.seed)
+        write_jsonl(args.train_out, train_rows)
+        exclude |= {row["text"].casefold() for row in train_rows}
+        print(f"{args.train_out}: {len(train_rows)} training rows without the slice")
     rng = random.Random(args.seed)
     rows, counts = generate_rows(
         plan_specs(cfg.languages, cfg.quantity, catalog, styles, rng), write, args.n, rng, exclude
@@ -47,6 +78,33 @@ def main(argv: list[str] | None = None) -> int:
     write_jsonl(args.out, rows)
     print(f"{args.out}: {len(rows)} rows, {counts['excluded']} drawn texts were in the excluded files")
     return 0
+
+
+def unseen_slice(cfg: DataConfig, catalog, slots, vocab, eval_split: SlotSplit, share: float, seed: int):
+    """(dev writer, its frames, training rows): a second held-out slice of the training slots, a writer that
+    builds rows from it as the eval set's writer does from its own, and training rows that use neither."""
+    dev = split_slots(slots, catalog, cfg.languages, share, seed, among=eval_split, purpose="dev")
+    rates = cfg.noise.rates()
+    both = {slot: eval_split.heldout[slot] | dev.heldout[slot] for slot in eval_split.heldout}
+    train_write = ComposeWriter(slots, catalog, SlotSplit(both, eval_split.totals), rates, vocab)
+    dev_write = ComposeWriter(
+        slots,
+        catalog,
+        SlotSplit(dev.heldout, dev.totals, excluded=eval_split.heldout),
+        rates,
+        vocab,
+        unseen_share=cfg.eval_unseen_share,
+    )
+
+    def styles(writer: ComposeWriter) -> dict:
+        return {(lang, a): writer.frame_ids(lang) for lang in cfg.languages for a in ACTIONS}
+
+    rng = random.Random(cfg.seed)
+    specs = plan_specs(
+        cfg.languages, cfg.quantity, catalog, styles(train_write), rng, cfg.language_weights, training=True
+    )
+    train_rows, _ = generate_rows(specs, train_write, cfg.n_examples, rng)
+    return dev_write, styles(dev_write), train_rows
 
 
 if __name__ == "__main__":
