@@ -83,9 +83,6 @@ class SlotSplit:
     # eval set's slice, so the two never share a slot value
     excluded: dict[str, set[str]] = field(default_factory=dict)
 
-    def usable(self, slot: str, ids: list[str]) -> list[str]:
-        return [i for i in ids if i not in self.excluded.get(slot, ())]
-
     def shares(self) -> dict[str, dict]:
         return {
             slot: {
@@ -154,9 +151,12 @@ class ComposeWriter:
 
     def frame_ids(self, language: str) -> list[str]:
         """The frames this writer's split may use: the ids plan_specs draws a style from."""
-        held = self.split.heldout["frame"]
-        ids = [f.id for f in self.slots.frames[language] if (f.id in held) == self.for_eval]
-        return self.split.usable("frame", ids)
+        held, excluded = self.split.heldout["frame"], self.split.excluded.get("frame", set())
+        return [f.id for f in self.slots.frames[language] if (f.id in held) == self.for_eval and f.id not in excluded]
+
+    def styles(self, languages: list[str]) -> dict[tuple[str, str], list[str]]:
+        """(language, action) -> the frames plan_specs may give a request of that kind."""
+        return {(language, action): self.frame_ids(language) for language in languages for action in ACTIONS}
 
     def _pick(self, seen: list, unseen: list, rng: random.Random):
         """(value, is_unseen): an unseen one with probability unseen_share when there is one."""
@@ -170,11 +170,11 @@ class ComposeWriter:
         language = spec.language
         frame = next(f for f in self.slots.frames[language] if f.id == spec.style)
         kinds = [k for k, frame_kinds in FRAMES_OF.items() if frame.kind in frame_kinds]
-        usable = set(self.split.usable("expression", [e.id for e in self.slots.expressions[language]]))
+        excluded = self.split.excluded.get("expression", set())
         candidates = [
             e
             for e in self.slots.expressions[language]
-            if e.action == spec.action and e.kind in kinds and e.id in usable
+            if e.action == spec.action and e.kind in kinds and e.id not in excluded
         ]
         held = self.split.heldout["expression"]
         expression, unseen_expression = self._pick(
@@ -185,8 +185,8 @@ class ComposeWriter:
         forms = self.catalog[spec.product].forms[language]
         synonyms_held = self.split.heldout["synonym"]
         form_ids = [f"{spec.product}|{language}|{i}" for i in range(len(forms))]
-        usable_forms = set(self.split.usable("synonym", form_ids))
-        seen_forms = [i for i, fid in enumerate(form_ids) if fid not in synonyms_held and fid in usable_forms]
+        excluded = self.split.excluded.get("synonym", set())
+        seen_forms = [i for i, fid in enumerate(form_ids) if fid not in synonyms_held and fid not in excluded]
         # the usual name most of the time, a (seen) synonym sometimes
         seen_forms = seen_forms[:1] if len(seen_forms) == 1 or rng.random() < 0.6 else seen_forms[1:]
         form_index, unseen_form = self._pick(

@@ -175,7 +175,14 @@ def offline_writer(
     """The held-out split, the writer of training rows (training slots only) and the frames it draws from."""
     split = split_slots(slots, catalog, cfg.languages, cfg.heldout_share, cfg.seed)
     write = ComposeWriter(slots, catalog, split, cfg.noise.rates(), vocab)
-    return split, write, {(lang, a): write.frame_ids(lang) for lang in cfg.languages for a in ACTIONS}
+    return split, write, write.styles(cfg.languages)
+
+
+def training_rows(cfg: DataConfig, catalog: Catalog, write, styles: dict) -> tuple[list[dict], dict]:
+    """`data.n_examples` generated training requests (seeded by `data.seed`) and the generator's counts."""
+    rng = random.Random(cfg.seed)
+    specs = plan_specs(cfg.languages, cfg.quantity, catalog, styles, rng, cfg.language_weights, training=True)
+    return generate_rows(specs, write, cfg.n_examples, rng)
 
 
 def synthesize(
@@ -192,7 +199,7 @@ def synthesize(
     if cfg.backend == "offline":
         split, write, train_styles = offline_writer(cfg, catalog, slots, vocab)
         write_eval = ComposeWriter(slots, catalog, split, rates, vocab, unseen_share=cfg.eval_unseen_share)
-        heldout_styles = {(lang, a): write_eval.frame_ids(lang) for lang in cfg.languages for a in ACTIONS}
+        heldout_styles = write_eval.styles(cfg.languages)
     else:
         write = write_eval = MetapromptWriter(cfg.metaprompt, catalog, slot_texts(slots), rates, vocab, client=client)
         train_styles, heldout_styles = metaprompt_styles(cfg)
@@ -213,13 +220,7 @@ def synthesize(
         random.Random(cfg.seed).shuffle(rows)
         counts = {"drawn": len(loaded), "duplicates": len(loaded) - len(rows), "excluded": 0, "rejected": 0}
     else:
-        rng = random.Random(cfg.seed)
-        rows, counts = generate_rows(
-            plan_specs(cfg.languages, cfg.quantity, catalog, train_styles, rng, cfg.language_weights, training=True),
-            write,
-            cfg.n_examples,
-            rng,
-        )
+        rows, counts = training_rows(cfg, catalog, write, train_styles)
     n_val = max(1, round(len(rows) * cfg.validation_share))
     splits = {"train": rows[n_val:], "validation": rows[:n_val]}
 

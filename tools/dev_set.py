@@ -31,8 +31,7 @@ from ecommerce_slm.compose import ComposeWriter, SlotSplit, load_slots, split_sl
 from ecommerce_slm.files import iter_rows, write_jsonl
 from ecommerce_slm.generator import generate_rows, plan_specs
 from ecommerce_slm.noise import NoiseVocab
-from ecommerce_slm.task import ACTIONS
-from stages.synthesize import DataConfig, offline_writer
+from stages.synthesize import DataConfig, offline_writer, training_rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,16 +94,8 @@ def unseen_slice(cfg: DataConfig, catalog, slots, vocab, eval_split: SlotSplit, 
         vocab,
         unseen_share=cfg.eval_unseen_share,
     )
-
-    def styles(writer: ComposeWriter) -> dict:
-        return {(lang, a): writer.frame_ids(lang) for lang in cfg.languages for a in ACTIONS}
-
-    rng = random.Random(cfg.seed)
-    specs = plan_specs(
-        cfg.languages, cfg.quantity, catalog, styles(train_write), rng, cfg.language_weights, training=True
-    )
-    train_rows, _ = generate_rows(specs, train_write, cfg.n_examples, rng)
-    return dev_write, styles(dev_write), train_rows
+    train_rows, _ = training_rows(cfg, catalog, train_write, train_write.styles(cfg.languages))
+    return dev_write, dev_write.styles(cfg.languages), train_rows
 
 
 if __name__ == "__main__":
