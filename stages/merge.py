@@ -38,7 +38,11 @@ class MergeConfig(Section):
     """`merge:` the adapter merged into a full-precision reload of the base (never the 4-bit one)."""
 
     SECTION: ClassVar[str] = "merge"
-    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU | float32 | bfloat16 | float16
+    # auto: float32 on every device. In bfloat16 on a GPU, half of a sweep's adapters (lr 1e-3, NEFTune, more
+    # typos) failed the tolerance below by 2-5x (docs/measurements.md "Recipes on a GPU"): the merged
+    # weights should not depend on which device merged them | float32 | bfloat16 | float16 (for models too
+    # big to merge in float32)
+    dtype: str = "auto"
     # max |logit difference| between base+adapter and the merged model, relative to the largest |logit|;
     # auto: 1e-4 in float32, 3e-2 in half precision (bf16 keeps ~3 significant digits)
     tolerance: Any = "auto"
@@ -73,9 +77,7 @@ class MergeError(ProjectError, RuntimeError):
 
 
 def merge_dtype(cfg: MergeConfig) -> torch.dtype:
-    if cfg.dtype == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return DTYPES[cfg.dtype]
+    return torch.float32 if cfg.dtype == "auto" else DTYPES[cfg.dtype]
 
 
 def probe_batch(tokenizer):

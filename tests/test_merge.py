@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ecommerce_slm.params import ParamError
-from stages.merge import MergeConfig, MergeError, merge, non_float_tensors, save_merged
+from stages.merge import MergeConfig, MergeError, merge, merge_dtype, non_float_tensors, save_merged
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,13 @@ def test_merged_logits_match_base_plus_adapter(tiny_model_dir, adapter_dir, tmp_
 def test_tolerance_is_enforced(tiny_model_dir, adapter_dir):
     with pytest.raises(MergeError, match="more than merge.tolerance"):
         merge(MergeConfig(dtype="bfloat16", tolerance=1e-12), tiny_model_dir, adapter_dir)
+
+
+def test_auto_merges_in_float32_on_a_gpu_too(monkeypatch):
+    # a bf16 merge on a GPU missed the tolerance for half of a sweep's adapters
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert merge_dtype(MergeConfig()) == torch.float32
+    assert merge_dtype(MergeConfig(dtype="bfloat16")) == torch.bfloat16
 
 
 def test_integer_tensors_are_reported():
