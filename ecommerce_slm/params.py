@@ -42,19 +42,26 @@ def read_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
     return params
 
 
-# What each annotation accepts, and how the error names it. YAML reads `2e-5` (no dot) as a string:
-# a float field takes it, as users write learning rates that way.
+def yaml_number(value: Any) -> Any:
+    """YAML reads `2e-5` (no dot) as a string; a number field takes it, as users write learning rates that way."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+# What each annotation accepts, and how the error names it.
 def _coerce(kind: Any, value: Any) -> tuple[bool, Any, str]:
     if kind is bool:
         return isinstance(value, bool), value, "true or false"
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool), value, "an integer"
     if kind is float:
+        value = yaml_number(value)
         if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                return False, value, "a number"
+            return False, value, "a number"
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         return ok, float(value) if ok else value, "a finite number"
     if kind is str:

@@ -35,7 +35,7 @@ import torch
 from ecommerce_slm.cli import stage_main
 from ecommerce_slm.files import atomic_dir, read_jsonl, write_json
 from ecommerce_slm.machine import cpu_info
-from ecommerce_slm.params import ParamError, Section, check, is_pos_int, is_rate
+from ecommerce_slm.params import ParamError, Section, check, is_pos_int, is_rate, yaml_number
 from ecommerce_slm.paths import (
     ADAPTER_DIR,
     BASE_DIR,
@@ -50,6 +50,9 @@ from ecommerce_slm.task import completion_messages, intent_of, prompt_messages
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LINEAR_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 AUTO_STEPS = {"float32": 220, "bfloat16": 650, "float16": 500}
+# the best measured rate for each dtype's step budget: 2e-3 at 220 float32 steps (EPYC, validation), 1e-3
+# at 650 bf16 steps (Xeon and H200, the slice dev set); float16 (500 GPU steps) takes the nearest budget's
+AUTO_LEARNING_RATES = {"float32": 2e-3, "bfloat16": 1e-3, "float16": 1e-3}
 ATTENTIONS = ("auto", "eager", "sdpa")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
@@ -87,7 +90,8 @@ class TrainConfig(Section):
     auto_steps: dict = field(default_factory=lambda: dict(AUTO_STEPS))
     batch_size: int = 8
     gradient_accumulation: int = 1
-    learning_rate: float = 2e-3
+    learning_rate: Any = "auto"  # auto: auto_learning_rate of the compute dtype chosen | a number in (0, 1)
+    auto_learning_rate: dict = field(default_factory=lambda: dict(AUTO_LEARNING_RATES))
     scheduler: str = "cosine"
     warmup_ratio: float = 0.05
     max_length: int = 256
@@ -166,7 +170,22 @@ class TrainConfig(Section):
             value = getattr(self, name)
             is_count = isinstance(value, int) and not isinstance(value, bool) and value >= 0
             check(is_count, name, f"an integer >= 0{note}", value)
-        check(0 < self.learning_rate < 1, "learning_rate", "a number in (0, 1)", self.learning_rate)
+        if self.learning_rate != "auto":
+            self.learning_rate = yaml_number(self.learning_rate)
+        self.auto_learning_rate = {k: yaml_number(v) for k, v in self.auto_learning_rate.items()}
+        check(
+            self.learning_rate == "auto" or is_unit_interval(self.learning_rate),
+            "learning_rate",
+            "auto or a number in (0, 1)",
+            self.learning_rate,
+        )
+        check(
+            set(self.auto_learning_rate) == set(DTYPES)
+            and all(map(is_unit_interval, self.auto_learning_rate.values())),
+            "auto_learning_rate",
+            f"a learning rate in (0, 1) for each of {', '.join(DTYPES)}",
+            self.auto_learning_rate,
+        )
         check(
             self.scheduler in SCHEDULERS,
             "scheduler",
@@ -175,6 +194,10 @@ class TrainConfig(Section):
         )
         check(is_rate(self.warmup_ratio), "warmup_ratio", "a rate in [0, 1]", self.warmup_ratio)
         check(self.launcher in ("python", "accelerate"), "launcher", "python or accelerate", self.launcher)
+
+
+def is_unit_interval(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
 
 
 def resolve_compute_dtype(name: str, cpu_flags: list[str] | None = None) -> str:
@@ -200,14 +223,16 @@ def resolve_attention(name: str, compute_dtype: str, on_gpu: bool) -> str:
 
 def resolve(cfg: TrainConfig, cpu_flags: list[str] | None = None) -> TrainConfig:
     """The config with its `auto` values decided for this machine: the compute dtype first, then the
-    attention and the steps that dtype affords. The step count depends on the machine class, as the dtype
-    does: on an AVX2 CPU float32 steps cost 2.7x bf16 steps on one with AMX, and the learning curve rises
-    with every step (docs/measurements.md), so each class gets the steps that fit the same minutes."""
+    attention, the steps that dtype affords and the learning rate for that many steps. The step count
+    depends on the machine class, as the dtype does: on an AVX2 CPU float32 steps cost 2.7x bf16 steps on
+    one with AMX, and the learning curve rises with every step (docs/measurements.md), so each class gets
+    the steps that fit the same minutes; a longer run learns best at a lower rate."""
     dtype = resolve_compute_dtype(cfg.compute_dtype, cpu_flags)
     steps = cfg.auto_steps[dtype] if cfg.max_steps == "auto" else cfg.max_steps
+    rate = cfg.auto_learning_rate[dtype] if cfg.learning_rate == "auto" else cfg.learning_rate
     on_gpu = cpu_flags is None and torch.cuda.is_available()
     attention = resolve_attention(cfg.attention, dtype, on_gpu)
-    return dataclasses.replace(cfg, compute_dtype=dtype, attention=attention, max_steps=steps)
+    return dataclasses.replace(cfg, compute_dtype=dtype, attention=attention, max_steps=steps, learning_rate=rate)
 
 
 def to_prompt_completion(rows: list[dict]):
@@ -408,13 +433,11 @@ def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, train_rows: i
 def run_id(cfg: TrainConfig, train_file: Path, base_dir: Path) -> str:
     """What a checkpoint was trained from: params (minus those that don't change the result), data, base.
 
-    `cfg` is resolved, so `max_steps` is the count this machine trains and `auto_steps` (the other
-    dtypes' counts) is left out: editing another dtype's entry must not restart this run."""
-    params = {
-        k: v
-        for k, v in dataclasses.asdict(cfg).items()
-        if k not in ("threads", "logging_steps", "launcher", "save_steps", "auto_steps")
-    }
+    `cfg` is resolved, so `max_steps` and `learning_rate` are what this machine trains with, and
+    `auto_steps` and `auto_learning_rate` (the other dtypes' values) are left out: editing another
+    dtype's entry must not restart this run."""
+    ignored = ("threads", "logging_steps", "launcher", "save_steps", "auto_steps", "auto_learning_rate")
+    params = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignored}
     h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
     h.update(hashlib.sha256(train_file.read_bytes()).digest())
     for path in sorted(base_dir.glob("*.json")) + sorted(base_dir.glob("*.safetensors")):
@@ -588,6 +611,7 @@ def train(
         "quantization": cfg.quantization,
         "compute_dtype": cfg.compute_dtype,
         "attention": cfg.attention,
+        "learning_rate": cfg.learning_rate,
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         **scored,
     }

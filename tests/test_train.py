@@ -150,7 +150,7 @@ def test_unknown_target_module(tiny_model_dir, train_file, tmp_path):
     [
         ({"lora_r": 0}, "train.lora_r: expected a positive integer"),
         ({"quantization": "int3"}, "train.quantization: expected nf4 or none"),
-        ({"learning_rate": 0}, "train.learning_rate: expected a number in (0, 1)"),
+        ({"learning_rate": 0}, "train.learning_rate: expected auto or a number in (0, 1)"),
         ({"launcher": "slurm"}, "train.launcher: expected python or accelerate"),
         ({"attention": "flash_attention_2"}, "train.attention: expected auto, eager or sdpa"),
         ({"lora_top_layers": -1}, "train.lora_top_layers: expected an integer >= 0 (0: every layer)"),
@@ -276,6 +276,21 @@ def test_auto_steps_follow_the_compute_dtype(max_steps, flags, expected):
 
 
 @pytest.mark.parametrize(
+    "rate, flags, expected",
+    [
+        ("auto", ["avx2", "fma"], 0.02),  # float32's 220 steps want a higher rate than bf16's 650
+        ("auto", ["avx2", "avx512_bf16"], 0.01),
+        (0.005, ["avx2", "avx512_bf16"], 0.005),  # a number is kept
+    ],
+)
+def test_auto_learning_rate_follows_the_compute_dtype(rate, flags, expected):
+    from stages.train import resolve
+
+    rates = {"float32": 0.02, "bfloat16": 0.01, "float16": 0.03}
+    assert resolve(TrainConfig(learning_rate=rate, auto_learning_rate=rates), flags).learning_rate == expected
+
+
+@pytest.mark.parametrize(
     "name, dtype, on_gpu, expected",
     [
         ("auto", "bfloat16", False, "eager"),  # CPU flash-attention backward in bf16: 16% of a step
@@ -327,7 +342,7 @@ def test_lora_inputs_left_in_bf16_under_autocast_keep_loss_and_gradients(tiny_mo
         torch.testing.assert_close(kept, cast, rtol=0, atol=0)
 
 
-def test_another_dtypes_step_count_does_not_restart_a_run(tmp_path):
+def test_another_dtypes_step_count_or_learning_rate_does_not_restart_a_run(tmp_path):
     from stages.train import resolve, run_id
 
     (tmp_path / "train.jsonl").write_text("{}\n")
@@ -341,6 +356,15 @@ def test_another_dtypes_step_count_does_not_restart_a_run(tmp_path):
     }
     changed = resolve(TrainConfig(auto_steps={"float32": 12, "bfloat16": 22, "float16": 33}), ["avx2"])
     assert len(ids) == 1 and run_id(changed, tmp_path / "train.jsonl", tmp_path) not in ids
+    rate_ids = [
+        run_id(resolve(TrainConfig(auto_learning_rate=rates), ["avx2"]), tmp_path / "train.jsonl", tmp_path)
+        for rates in (
+            {"float32": 2e-3, "bfloat16": 1e-3, "float16": 1e-3},
+            {"float32": 2e-3, "bfloat16": 5e-4, "float16": 2e-3},  # other dtypes' rates: the same run
+            {"float32": 3e-3, "bfloat16": 1e-3, "float16": 1e-3},  # this dtype's: another run
+        )
+    ]
+    assert rate_ids[0] == rate_ids[1] != rate_ids[2]
 
 
 def test_auto_steps_are_what_a_run_trains(tiny_model_dir, train_file, tmp_path):

@@ -214,6 +214,16 @@ def params_cases() -> Iterator[Case]:
             key if "catalog" not in key else f"nowhere.yaml: catalog file not found (params.yaml: {key})",
             lambda root, url, k=key, v=value: set_param(root, k, v),
         )
+    # `auto` or a number: the field's type is Any, so the type cases above skip it
+    for key, name, value in (
+        ("train.learning_rate", "wrong-type", "lots"),
+        ("train.learning_rate", "bool-for-number", True),
+        ("train.auto_learning_rate", "a-dtype-missing", {"float32": 0.002}),
+    ):
+        module, argv = SECTION_STAGE["train"]
+        yield Case(
+            f"params/{key}/{name}", "params", module, argv, key, lambda root, url, k=key, v=value: set_param(root, k, v)
+        )
 
 
 def data_cases() -> Iterator[Case]:
