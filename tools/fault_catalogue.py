@@ -216,7 +216,7 @@ def params_cases() -> Iterator[Case]:
         )
     # `auto` or a number: the field's type is Any, so the type cases above skip it
     for key, name, value in (
-        ("train.learning_rate", "wrong-type", "lots"),
+        ("train.learning_rate", "a-word", "lots"),
         ("train.learning_rate", "bool-for-number", True),
         ("train.auto_learning_rate", "a-dtype-missing", {"float32": 0.002}),
     ):
