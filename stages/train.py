@@ -77,6 +77,8 @@ class TrainConfig(Section):
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0  # CPU dropout draws a random mask per LoRA input: 30% of the step time
+    # > 0: NEFTune (arXiv 2310.05914), uniform noise of this scale on the input embeddings while training
+    neftune_alpha: float = 0.0
     target_modules: list = field(default_factory=lambda: list(LINEAR_PROJECTIONS))
     # adapt only the top N decoder layers (0: all): backpropagation then stops at the lowest adapted one
     lora_top_layers: int = 0
@@ -134,6 +136,7 @@ class TrainConfig(Section):
             "a non-empty list of module names",
             self.target_modules,
         )
+        check(self.neftune_alpha >= 0, "neftune_alpha", "a number >= 0 (0: off)", self.neftune_alpha)
         check(self.loraplus_lr_ratio >= 1, "loraplus_lr_ratio", "a number >= 1 (1: plain LoRA)", self.loraplus_lr_ratio)
         for name, off in (("lora_top_layers", 0), ("loraplus_lr_ratio", 1)):
             check(
@@ -414,6 +417,7 @@ def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, train_rows: i
         bf16=cfg.compute_dtype == "bfloat16",  # autocast; on CPU, oneDNN runs bf16 matmuls on AMX where present
         fp16=cfg.compute_dtype == "float16" and torch.cuda.is_available(),
         completion_only_loss=True,
+        neftune_noise_alpha=cfg.neftune_alpha or None,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=cfg.eval_steps,
         save_strategy="steps",

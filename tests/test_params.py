@@ -64,6 +64,7 @@ def test_a_wrong_type_is_named_for_every_key(section, key, kind):
         ("data.quantity.training_words_share", -0.1, "expected a rate in [0, 1], got -0.1"),
         ("data.metaprompt.temperature", 3, "expected a number in [0, 2]"),
         ("train.lora_dropout", 1.0, "expected a rate in [0, 1)"),
+        ("train.neftune_alpha", -1.0, "expected a number >= 0 (0: off)"),
         ("train.max_steps", 0, "expected auto, a positive integer, or -1 to use epochs"),
         ("train.max_steps", "many", "expected auto, a positive integer, or -1 to use epochs"),
         ("train.auto_steps", {"float32": 220}, "expected a step count (positive integer) for each of float32,"),

@@ -275,6 +275,13 @@ def test_auto_steps_follow_the_compute_dtype(max_steps, flags, expected):
     assert (cfg.compute_dtype, cfg.max_steps) == expected
 
 
+def test_neftune_alpha_reaches_the_trainer_and_zero_is_off(tmp_path):
+    from stages.train import sft_config
+
+    assert sft_config(TrainConfig(neftune_alpha=5.0, max_steps=1), tmp_path, False).neftune_noise_alpha == 5.0
+    assert sft_config(TrainConfig(max_steps=1), tmp_path, False).neftune_noise_alpha is None
+
+
 @pytest.mark.parametrize(
     "rate, flags, expected",
     [
