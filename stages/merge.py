@@ -39,9 +39,9 @@ class MergeConfig(Section):
 
     SECTION: ClassVar[str] = "merge"
     # auto: float32 on every device. In bfloat16 on a GPU, half of a sweep's adapters (lr 1e-3, NEFTune, more
-    # typos) failed the tolerance below by 2-5x (docs/measurements.md "Recipes on a GPU"): the merged
-    # weights should not depend on which device merged them | float32 | bfloat16 | float16 (for models too
-    # big to merge in float32)
+    # typos) failed the tolerance below by 2-5x (docs/measurements.md "Learning rate for 650 steps"), and
+    # the merged weights should not depend on which device merged them | float32 | bfloat16 | float16 (for
+    # models too big to merge in float32)
     dtype: str = "auto"
     # max |logit difference| between base+adapter and the merged model, relative to the largest |logit|;
     # auto: 1e-4 in float32, 3e-2 in half precision (bf16 keeps ~3 significant digits)
