@@ -200,7 +200,7 @@ class TrainConfig(Section):
 
 
 def is_unit_interval(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
+    return is_rate(value) and 0 < value < 1
 
 
 def resolve_compute_dtype(name: str, cpu_flags: list[str] | None = None) -> str:

@@ -214,7 +214,7 @@ def params_cases() -> Iterator[Case]:
             key if "catalog" not in key else f"nowhere.yaml: catalog file not found (params.yaml: {key})",
             lambda root, url, k=key, v=value: set_param(root, k, v),
         )
-    # `auto` or a number: the field's type is Any, so the type cases above skip it
+    # `auto` or a number: the field's type is Any, so the type cases above only try a mapping on it
     for key, name, value in (
         ("train.learning_rate", "a-word", "lots"),
         ("train.learning_rate", "bool-for-number", True),
