@@ -14,8 +14,6 @@ stops it if this process dies first (PR_SET_PDEATHSIG), so no server outlives a 
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import re
 import shutil
@@ -30,6 +28,7 @@ import urllib.request
 from pathlib import Path
 
 from ecommerce_slm.cli import ProjectError
+from ecommerce_slm.processes import ends_with_this_process
 
 TOOLS = ("llama-server", "llama-quantize", "llama-imatrix", "llama-perplexity", "llama-bench")
 LOOPBACK = "127.0.0.1"
@@ -77,13 +76,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((LOOPBACK, 0))
         return probe.getsockname()[1]
-
-
-def _stop_with_parent() -> None:
-    """Runs in the child before exec: the kernel sends it SIGTERM when the process that started it dies."""
-    PR_SET_PDEATHSIG = 1  # linux/prctl.h
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class LlamaServer:
@@ -142,7 +134,7 @@ class LlamaServer:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_stop_with_parent,
+            preexec_fn=ends_with_this_process(signal.SIGTERM),
         )
         try:
             self._wait_ready()
@@ -217,6 +209,7 @@ def llama_bench(model: str | Path, prompt_tokens: int, new_tokens: int, threads:
         capture_output=True,
         text=True,
         errors="replace",
+        preexec_fn=ends_with_this_process(),
     )
     try:
         tests = json.loads(done.stdout)
@@ -263,6 +256,7 @@ def perplexity_kl(reference: str | Path, model: str | Path, text: str, context: 
                 capture_output=True,
                 text=True,
                 errors="replace",
+                preexec_fn=ends_with_this_process(),
             )
             if done.returncode != 0:
                 raise LlamaToolError(

@@ -10,9 +10,7 @@ unpacks it to `<venv>/share/llama.cpp-<version>/`; LLAMA_CPP_CONVERTER overrides
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,18 +20,11 @@ from ecommerce_slm.cli import ProjectError, stage_main
 from ecommerce_slm.files import atomic_file, write_json
 from ecommerce_slm.gguf_file import describe
 from ecommerce_slm.paths import F16_FILE, MERGED_DIR, variant_info
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
+from ecommerce_slm.processes import ends_with_this_process
 
 
 class ConvertError(ProjectError, RuntimeError):
     pass
-
-
-def die_with_parent() -> None:
-    """In the converter's process: the kernel kills it when this stage dies, even by SIGKILL (Linux)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def converter_path() -> Path:
@@ -62,7 +53,7 @@ def convert(model_dir: Path, out_file: Path, outtype: str = "f16") -> float:
             [sys.executable, str(converter), str(model_dir), "--outfile", str(tmp), "--outtype", outtype],
             capture_output=True,
             text=True,
-            preexec_fn=die_with_parent,
+            preexec_fn=ends_with_this_process(),
         )
         if result.returncode != 0:
             raise ConvertError(f"convert_hf_to_gguf.py failed on {model_dir}:\n{result.stderr[-3000:]}")

@@ -22,6 +22,7 @@ from ecommerce_slm.files import atomic_file, atomic_write_text, read_jsonl, writ
 from ecommerce_slm.gguf_file import GgufConfig
 from ecommerce_slm.llama_tools import tool
 from ecommerce_slm.paths import F16_FILE, IMATRIX_FILE, IMATRIX_METRICS, IMATRIX_TEXT, MERGED_DIR, TRAIN_FILE
+from ecommerce_slm.processes import ends_with_this_process
 from ecommerce_slm.task import completion_messages, intent_of, prompt_messages
 
 
@@ -64,6 +65,7 @@ def compute(source, text_file, out_file, context: int, threads: int) -> tuple[fl
             capture_output=True,
             text=True,
             errors="replace",
+            preexec_fn=ends_with_this_process(),
         )
         log = done.stdout + done.stderr
         if done.returncode != 0 or not tmp.is_file():

@@ -28,6 +28,7 @@ from ecommerce_slm.gguf_file import (
 )
 from ecommerce_slm.llama_tools import tool
 from ecommerce_slm.paths import F16_FILE, IMATRIX_FILE, gguf_file, variant_info
+from ecommerce_slm.processes import ends_with_this_process
 
 
 class QuantizeError(ProjectError, RuntimeError):
@@ -52,6 +53,7 @@ def quantize(source: Path, out_file: Path, level: str, threads: int, imatrix: Pa
             capture_output=True,
             text=True,
             errors="replace",
+            preexec_fn=ends_with_this_process(),
         )
         log = done.stdout + done.stderr
         if done.returncode != 0:
