@@ -6,6 +6,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +101,19 @@ def tiny_wide_model_dir(tmp_path_factory, real_tokenizer):
     return save_tiny_llama(
         tmp_path_factory.mktemp("tiny-llama-256"), real_tokenizer, hidden_size=256, intermediate_size=512
     )
+
+
+def gone(pid: int, within: float = 15.0) -> bool:
+    """True once `pid` has ended (a zombie waiting to be reaped counts) within `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def free_port() -> int:

