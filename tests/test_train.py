@@ -244,7 +244,13 @@ def test_train_step_bench_times_each_step(tiny_model_dir, train_file):
     times = step_times(cfg, 4, base_dir=tiny_model_dir, train_file=train_file)
     assert len(times) == 4 and all(t > 0 for t in times)
     summary = step_time_summary([9.0, 5.0, 1.0, 3.0, 2.0])
-    assert summary == {"median_seconds_per_step": 2.0, "min": 1.0, "max": 3.0, "steps_timed": 3}
+    assert summary == {
+        "median_seconds_per_step": 2.0,
+        "min": 1.0,
+        "max": 3.0,
+        "steps_timed": 3,
+        "first_step_seconds": 9.0,
+    }
 
 
 @pytest.mark.parametrize(
