@@ -234,15 +234,21 @@ def resolve_attention(name: str, compute_dtype: str, on_gpu: bool) -> str:
     return "eager" if compute_dtype == "bfloat16" and not on_gpu else "sdpa"
 
 
-def resolve_compile_layers(value, compute_dtype: str, quantization: str, on_gpu: bool) -> bool:
+def resolve_compile_layers(value, compute_dtype: str, quantization: str, on_gpu: bool, has_compiler: bool) -> bool:
     """`auto`: compile the decoder layers where it was measured to be faster, a CPU run in bfloat16 without 4-bit
     weights: most of an uncompiled step there is small element-wise kernels (LoRA's scaling and sums, norms,
     rotary, SwiGLU) between matmuls, which inductor fuses (Xeon with AMX: 1.14 -> 0.80 s a step, ~45 s of
     compiling). Float32 gained 12% there (1.52 -> 1.34 s, ~35 s of compiling), which its 220-step budget
-    on an AVX2 CPU would mostly spend compiling; GPUs and bitsandbytes' 4-bit layers: not measured."""
+    on an AVX2 CPU would mostly spend compiling; GPUs and bitsandbytes' 4-bit layers: not measured.
+    On a CPU inductor needs a C++ compiler: `true` without one is an error, `auto` says it trains eagerly."""
+    if value is True and not on_gpu and not has_compiler:
+        raise ParamError("params.yaml: train.compile_layers: true needs a C++ compiler (g++, clang++ or $CXX)")
     if value != "auto":
         return value
-    return compute_dtype == "bfloat16" and quantization == "none" and not on_gpu and c_compiler() is not None
+    wanted = compute_dtype == "bfloat16" and quantization == "none" and not on_gpu
+    if wanted and not has_compiler:
+        print("train: no C++ compiler (g++, clang++ or $CXX): decoder layers left uncompiled", file=sys.stderr)
+    return wanted and has_compiler
 
 
 def c_compiler() -> str | None:
@@ -262,12 +268,8 @@ def resolve(cfg: TrainConfig, cpu_flags: list[str] | None = None) -> TrainConfig
     rate = cfg.auto_learning_rate[dtype] if cfg.learning_rate == "auto" else cfg.learning_rate
     on_gpu = cpu_flags is None and torch.cuda.is_available()
     attention = resolve_attention(cfg.attention, dtype, on_gpu)
-    compile_layers = resolve_compile_layers(cfg.compile_layers, dtype, cfg.quantization, on_gpu)
-    if cfg.compile_layers is not False and not on_gpu and c_compiler() is None:
-        if cfg.compile_layers is True:
-            raise ParamError("params.yaml: train.compile_layers: true needs a C++ compiler (g++, clang++ or $CXX)")
-        if dtype == "bfloat16" and cfg.quantization == "none":
-            print("train: no C++ compiler (g++, clang++ or $CXX): decoder layers left uncompiled", file=sys.stderr)
+    has_compiler = c_compiler() is not None
+    compile_layers = resolve_compile_layers(cfg.compile_layers, dtype, cfg.quantization, on_gpu, has_compiler)
     return dataclasses.replace(
         cfg,
         compute_dtype=dtype,
