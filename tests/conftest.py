@@ -9,6 +9,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tools.tiny_llama import save_tiny_llama
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: dvc, and `python` for stage commands
 
@@ -63,30 +65,6 @@ def real_tokenizer():
 
     source = resolve_source("embedded:SmolLM2-135M-Instruct")
     return AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
-
-
-def save_tiny_llama(folder, tokenizer, hidden_size=64, intermediate_size=128, seed=0):
-    """A tiny random LlamaForCausalLM with the real tokenizer, saved as a local model folder."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return Path(folder)
 
 
 @pytest.fixture(scope="session")

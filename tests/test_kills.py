@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT, save_tiny_llama
+from conftest import ROOT
 
 from ecommerce_slm.files import stale_temporaries
 from stages.train import complete_checkpoint, prepare_checkpoints
 from tools.prune import prune
+from tools.tiny_llama import save_tiny_llama
 
 pytestmark = pytest.mark.slow
 
