@@ -262,6 +262,10 @@ def add_kl(metrics: dict, engine, variant: Variant, rows: list[dict], cfg: EvalC
     metrics["kl_from_merged"], metrics["kl_note"] = None, None
     if variant.engine == "api":
         metrics["kl_note"] = "an API exposes no full next-token distributions"
+    elif variant.few_shot:  # and so eval@base does not depend on models/merged: no training run reruns it
+        metrics["kl_note"] = (
+            "not measured for the untuned base: it measures what training moved, not what compression lost"
+        )
     elif reference_dir is None or not (reference_dir / "config.json").exists():
         metrics["kl_note"] = f"no reference model at {reference_dir}"
     elif cfg.kl_examples:

@@ -98,6 +98,23 @@ def test_kl_is_zero_against_itself_and_positive_against_another_model(tiny_model
     assert mean_kl(first, TransformersEngine(tiny_wide_model_dir), sequences) > 0.01
 
 
+def test_the_untuned_base_is_never_compared_with_merged(tiny_model_dir, tiny_wide_model_dir, monkeypatch):
+    """eval@base does not list models/merged (so a training run never reruns it): it must not read it."""
+    import ecommerce_slm.evaluation as evaluation
+
+    def no_reference(*args, **kwargs):
+        raise AssertionError("the reference model was opened")
+
+    monkeypatch.setattr(evaluation, "TransformersEngine", no_reference)
+    metrics = {}
+    base = Variant("base", "transformers", str(tiny_wide_model_dir), few_shot=True)
+    evaluation.add_kl(metrics, object(), base, ROWS, EvalConfig(), tiny_model_dir)
+    assert metrics["kl_from_merged"] is None and "untuned base" in metrics["kl_note"]
+    tuned = Variant("tuned", "transformers", str(tiny_wide_model_dir))
+    with pytest.raises(AssertionError, match="reference model was opened"):  # any other variant is compared
+        evaluation.add_kl({}, object(), tuned, ROWS, EvalConfig(), tiny_model_dir)
+
+
 def test_shared_prefix_leaves_each_sequence_a_token_and_pads_after_it(real_tokenizer):
     assert shared_prefix_length([[1, 2, 3], [1, 2, 4, 5]]) == 2
     assert shared_prefix_length([[1, 2], [1, 2, 3]]) == 1 and shared_prefix_length([[7, 8]]) == 1

@@ -113,5 +113,10 @@ def test_dvc_yaml_variant_lists_match_the_variants_module():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert set(stages["eval"]["foreach"]) == {*MEASURED_VARIANTS, *REFERENCE_VARIANTS}
     assert set(stages["bench"]["foreach"]) == set(MEASURED_VARIANTS)
-    for name, location in {**stages["eval"]["foreach"], **stages["bench"]["foreach"]}.items():
+    for name, item in stages["eval"]["foreach"].items():
+        variant = resolve(name)
+        assert variant.location == item["model"], name
+        # the few-shot base reads training rows as examples and is never compared with merged; the rest are
+        assert item["input"] == ("data/train.jsonl" if variant.few_shot else "models/merged"), name
+    for name, location in stages["bench"]["foreach"].items():
         assert resolve(name).location == location, name
