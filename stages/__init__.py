@@ -10,6 +10,11 @@ from __future__ import annotations
 import importlib.abc
 import sys
 
+if sys.argv[:1] == ["-m"]:  # `python -m PACKAGE.NAME` is importing this package: before the module imports torch
+    from ecommerce_slm.allocator import reexec_with_tcmalloc
+
+    reexec_with_tcmalloc()
+
 MOVED = {
     "stages.evaluate": "python -m stages.eval (eval@VARIANT, and --data/--out/--model for your own files), "
     "python -m stages.eval_gguf LEVEL or python -m stages.eval_api MODEL",

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ecommerce_slm.allocator import in_use as allocator_in_use
 from ecommerce_slm.cli import stage_main
 from ecommerce_slm.files import atomic_dir, read_jsonl, write_json
 from ecommerce_slm.machine import cpu_info
@@ -616,6 +617,17 @@ def make_live_callback(live_dir: Path, resume: bool):
     return LiveCallback()
 
 
+def sort_target_modules(adapter_dir: Path) -> None:
+    """peft keeps target_modules as a set and saves it in the order of this process's string hashing, so
+    the same training wrote another adapter_config.json each run (and reran merge): saved sorted."""
+    config_file = adapter_dir / "adapter_config.json"
+    if config_file.exists():
+        config = json.loads(config_file.read_text())
+        if isinstance(config.get("target_modules"), list):
+            config["target_modules"] = sorted(config["target_modules"])
+            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def train(
     cfg: TrainConfig,
     base_dir: Path = BASE_DIR,
@@ -672,6 +684,7 @@ def train(
         with atomic_dir(adapter_dir) as tmp:
             trainer.model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+            sort_target_modules(Path(tmp))
         if live_dir:
             with atomic_dir(live_dir) as tmp:
                 shutil.copytree(live_scratch, tmp, dirs_exist_ok=True)
@@ -695,6 +708,7 @@ def train(
         "final_eval_loss": eval_losses[-1] if eval_losses else None,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "threads": torch.get_num_threads(),
+        "allocator": allocator_in_use(),  # tcmalloc or glibc's: the same numbers, another step time
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_vram_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
         "method": cfg.method,

@@ -9,6 +9,8 @@ import pytest
 import yaml
 from conftest import BIN, ROOT
 
+from ecommerce_slm.allocator import find_tcmalloc
+
 pytestmark = pytest.mark.slow
 
 TINY = {
@@ -80,7 +82,10 @@ def test_every_stage_writes_its_outputs(project):
     handwritten = json.loads((project / "metrics" / "handwritten" / "Q8_0.json").read_text())
     assert handwritten["n"] == 6 and handwritten["data"] == "data/handwritten.jsonl"
     assert json.loads((project / "metrics" / "eval" / "api-gpt-4.1.json").read_text())["skipped"]
-    assert json.loads((project / "metrics" / "train.json").read_text())["steps"] == 4
+    trained = json.loads((project / "metrics" / "train.json").read_text())
+    assert trained["steps"] == 4
+    # dvc runs `python -m stages.train`, which preloads tcmalloc wherever it is installed
+    assert trained["allocator"] == ("tcmalloc" if find_tcmalloc() else "system")
     assert json.loads((project / "metrics" / "variants" / "Q8_0.json").read_text())["file_type"] == "Q8_0"
 
 

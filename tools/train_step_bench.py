@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from ecommerce_slm.allocator import in_use as allocator_in_use
 from ecommerce_slm.cli import stage_main
 from ecommerce_slm.files import write_json
 from ecommerce_slm.machine import cpu_info
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> str:
         results[name] = {
             **step_time_summary(step_times(cfg, args.steps)),
             "threads": cfg.threads,
+            "allocator": allocator_in_use(),
             "batch_size": cfg.batch_size,
             "quantization": cfg.quantization,
             "cpu": cpu["model"],
