@@ -43,12 +43,17 @@ def in_use() -> str:
     return "tcmalloc" if f"lib{LIBRARY}" in maps else "system"
 
 
+def module_run(orig_argv: list[str]) -> str | None:
+    """MODULE of a `python [flags] -m MODULE ...` command line, else None."""
+    return orig_argv[orig_argv.index("-m") + 1] if "-m" in orig_argv[:-1] else None
+
+
 def preload_environment(orig_argv: list[str], environ: dict[str, str], library: str | None) -> dict[str, str] | None:
     """The environment to execute `orig_argv` again with, or None to go on as is.
 
     Only for `python -m MODULE` with MODULE in MODEL_MAKERS, not when chosen off, not twice.
     """
-    module = orig_argv[orig_argv.index("-m") + 1] if "-m" in orig_argv[:-1] else None
+    module = module_run(orig_argv)
     choice = environ.get(CHOICE, "tcmalloc")
     if choice not in ("tcmalloc", "system"):
         raise SystemExit(f"environment variable {CHOICE}={choice!r}: expected tcmalloc or system")
@@ -64,10 +69,8 @@ def reexec_with_tcmalloc() -> None:
     """Called by stages/__init__.py and tools/__init__.py while `python -m` imports them."""
     library = find_tcmalloc()
     environment = preload_environment(sys.orig_argv, dict(os.environ), library)
-    if library is None and environment is None and os.environ.get(CHOICE) != "system":
-        module = sys.orig_argv[sys.orig_argv.index("-m") + 1] if "-m" in sys.orig_argv[:-1] else None
-        if module in MODEL_MAKERS:
-            print(f"note: glibc's malloc: lib{LIBRARY} is not installed; {INSTALL_HINT}", file=sys.stderr)
+    if library is None and os.environ.get(CHOICE) != "system" and module_run(sys.orig_argv) in MODEL_MAKERS:
+        print(f"note: glibc's malloc: lib{LIBRARY} is not installed; {INSTALL_HINT}", file=sys.stderr)
     if environment is not None:
         sys.stdout.flush()
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)

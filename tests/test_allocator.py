@@ -19,6 +19,8 @@ def test_a_model_making_stage_is_executed_again_with_tcmalloc_first():
     env = preload_environment(python_m("stages.train"), {"PATH": "/bin", "LD_PRELOAD": "libother.so"}, LIB)
     assert env == {"PATH": "/bin", "LD_PRELOAD": f"{LIB} libother.so"}
     assert preload_environment(python_m("tools.train_step_bench"), {}, LIB) == {"LD_PRELOAD": LIB}
+    with_flags = ["/venv/bin/python", "-X", "dev", "-m", "stages.merge", "--help"]
+    assert preload_environment(with_flags, {}, LIB) == {"LD_PRELOAD": LIB}
 
 
 @pytest.mark.parametrize(
