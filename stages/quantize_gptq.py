@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import ClassVar
 
 from ecommerce_slm.cli import stage_main
-from ecommerce_slm.files import atomic_dir, read_jsonl, write_json
+from ecommerce_slm.files import atomic_dir, atomic_write_text, read_jsonl, write_json
 from ecommerce_slm.gptq import GptqError, configure_gptqmodel, load_gptq
 from ecommerce_slm.params import ParamError, Section, check, is_pos_int
-from ecommerce_slm.paths import GPTQ_DIR, MERGED_DIR, TRAIN_FILE, variant_info
+from ecommerce_slm.paths import GPTQ_DIR, MERGED_DIR, TRAIN_FILE, VARIANT_INFO_DIR, variant_info
 from ecommerce_slm.task import completion_messages, intent_of, prompt_messages
 
 CHECK_TEXTS = [
@@ -123,7 +123,7 @@ def greedy_answers(model, tokenizer, texts: list[str], max_new_tokens: int = 32)
     return answers
 
 
-def quantize(cfg: GptqConfig, merged_dir: Path, train_file: Path, out_dir: Path) -> dict:
+def quantize(cfg: GptqConfig, merged_dir: Path, train_file: Path, out_dir: Path, log_file: Path | None = None) -> dict:
     """Quantize, save atomically to out_dir, verify the reload; return the variant's description."""
     for path, what in (
         (merged_dir / "config.json", "merged model (run merge)"),
@@ -159,6 +159,13 @@ def quantize(cfg: GptqConfig, merged_dir: Path, train_file: Path, out_dir: Path)
     with atomic_dir(out_dir) as tmp:
         model.save(str(tmp))
         del model
+        # gptqmodel's per-layer log holds timings: inside the model folder it changed the folder's hash on
+        # every rerun (and reran eval@gptq and bench@gptq for the same weights), so it goes beside the metrics
+        quant_log = Path(tmp, "quant_log.csv")
+        if quant_log.exists():
+            if log_file is not None:
+                atomic_write_text(log_file, quant_log.read_text())
+            quant_log.unlink()
         # The saved checkpoint must behave like the model that was just quantized: load it the
         # supported way (transformers) and with gptqmodel's own loader, compare greedy answers.
         reloaded = load_gptq(tmp, cfg.threads, device)
@@ -220,7 +227,7 @@ def _version(package: str) -> str:
 @stage_main("quantize_gptq")
 def main(argv: list[str] | None = None) -> str:
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
-    info = quantize(GptqConfig.load(), MERGED_DIR, TRAIN_FILE, GPTQ_DIR)
+    info = quantize(GptqConfig.load(), MERGED_DIR, TRAIN_FILE, GPTQ_DIR, VARIANT_INFO_DIR / "gptq_quant_log.csv")
     write_json(variant_info("gptq"), info)
     return (
         f"{info['bits']}-bit g{info['group_size']} in {info['quantize_seconds']} s, "

@@ -52,7 +52,13 @@ def test_checkpoint_reloads_as_gptq_close_to_full_precision(tiny_wide_model_dir,
             for i in range(1, 41)
         ],
     )
-    info = quantize(GptqConfig(calibration_samples=32, device="cpu"), tiny_wide_model_dir, train, tmp_path / "gptq")
+    log = tmp_path / "quant_log.csv"
+    info = quantize(
+        GptqConfig(calibration_samples=32, device="cpu"), tiny_wide_model_dir, train, tmp_path / "gptq", log
+    )
+    # its timings would change the model folder's hash on every rerun: kept beside it instead
+    assert not (tmp_path / "gptq" / "quant_log.csv").exists()
+    assert log.read_text().startswith("layer,module,loss")
     assert info["bits"] == 4 and info["group_size"] == 64 and info["quantize_seconds"] > 0
     saved = json.loads((tmp_path / "gptq" / "config.json").read_text())["quantization_config"]
     assert saved["bits"] == 4 and saved["group_size"] == 64 and saved.get("checkpoint_format", "gptq") == "gptq"
