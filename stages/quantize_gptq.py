@@ -162,10 +162,8 @@ def quantize(cfg: GptqConfig, merged_dir: Path, train_file: Path, out_dir: Path,
         # gptqmodel's per-layer log holds timings: inside the model folder it changed the folder's hash on
         # every rerun (and reran eval@gptq and bench@gptq for the same weights), so it goes beside the metrics
         quant_log = Path(tmp, "quant_log.csv")
-        if quant_log.exists():
-            if log_file is not None:
-                atomic_write_text(log_file, quant_log.read_text())
-            quant_log.unlink()
+        log_text = quant_log.read_text() if quant_log.exists() else None
+        quant_log.unlink(missing_ok=True)
         # The saved checkpoint must behave like the model that was just quantized: load it the
         # supported way (transformers) and with gptqmodel's own loader, compare greedy answers.
         reloaded = load_gptq(tmp, cfg.threads, device)
@@ -178,6 +176,8 @@ def quantize(cfg: GptqConfig, merged_dir: Path, train_file: Path, out_dir: Path,
             raise GptqError(f"{out_dir}: transformers and gptqmodel load different models from the checkpoint")
         kernel = type(reloaded.model.layers[0].self_attn.q_proj).__name__
         sample = tokenizer.decode(ours[0], skip_special_tokens=True)
+    if log_file is not None and log_text is not None:  # written once the checked model is in place
+        atomic_write_text(log_file, log_text)
     weights = sum(f.stat().st_size for f in out_dir.glob("*.safetensors"))
     parameters = count_parameters(merged_dir)
     return {
