@@ -6,7 +6,7 @@ A bf16 LoRA step allocates and frees thousands of tensors; under glibc's malloc 
 run as `python -m stages.train` (and the other MODEL_MAKERS) executes itself once more with the library in
 LD_PRELOAD, from the package's `__init__`, before torch is imported. Only where the library is installed
 (`make install` installs Debian's libtcmalloc-minimal4 where it can) and on Linux; ECOMMERCE_SLM_ALLOCATOR
-=system keeps glibc's. Stages that measure speed (eval, bench, load_test) keep the allocator a user has.
+=system keeps glibc's, =tcmalloc makes a missing library an error instead of a note. Stages that measure speed (eval, bench, load_test) keep the allocator a user has.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 LIBRARY = "tcmalloc_minimal"
-CHOICE = "ECOMMERCE_SLM_ALLOCATOR"  # tcmalloc (default where installed) | system
+CHOICE = "ECOMMERCE_SLM_ALLOCATOR"  # auto (tcmalloc where installed) | tcmalloc (required) | system
 MODEL_MAKERS = {
     "stages.prepare_base",
     "stages.train",
@@ -54,10 +54,14 @@ def preload_environment(orig_argv: list[str], environ: dict[str, str], library: 
     Only for `python -m MODULE` with MODULE in MODEL_MAKERS, not when chosen off, not twice.
     """
     module = module_run(orig_argv)
-    choice = environ.get(CHOICE, "tcmalloc")
-    if choice not in ("tcmalloc", "system"):
-        raise SystemExit(f"environment variable {CHOICE}={choice!r}: expected tcmalloc or system")
-    if module not in MODEL_MAKERS or choice == "system" or library is None:
+    choice = environ.get(CHOICE, "auto")
+    if choice not in ("auto", "tcmalloc", "system"):
+        raise SystemExit(f"environment variable {CHOICE}={choice!r}: expected auto, tcmalloc or system")
+    if module not in MODEL_MAKERS or choice == "system":
+        return None
+    if library is None:
+        if choice == "tcmalloc":
+            raise SystemExit(f"{CHOICE}=tcmalloc: lib{LIBRARY} is not installed; {INSTALL_HINT}")
         return None
     preloaded = environ.get("LD_PRELOAD", "")
     if LIBRARY in preloaded:
@@ -69,7 +73,7 @@ def reexec_with_tcmalloc() -> None:
     """Called by stages/__init__.py and tools/__init__.py while `python -m` imports them."""
     library = find_tcmalloc()
     environment = preload_environment(sys.orig_argv, dict(os.environ), library)
-    if library is None and os.environ.get(CHOICE) != "system" and module_run(sys.orig_argv) in MODEL_MAKERS:
+    if library is None and os.environ.get(CHOICE, "auto") == "auto" and module_run(sys.orig_argv) in MODEL_MAKERS:
         print(f"note: glibc's malloc: lib{LIBRARY} is not installed; {INSTALL_HINT}", file=sys.stderr)
     if environment is not None:
         sys.stdout.flush()

@@ -40,8 +40,18 @@ def test_everything_else_goes_on_as_is(argv, environ, library):
 
 
 def test_a_bad_choice_is_refused():
-    with pytest.raises(SystemExit, match="ECOMMERCE_SLM_ALLOCATOR='jemalloc': expected tcmalloc or system"):
+    with pytest.raises(SystemExit, match="ECOMMERCE_SLM_ALLOCATOR='jemalloc': expected auto, tcmalloc or system"):
         preload_environment(python_m("stages.train"), {CHOICE: "jemalloc"}, LIB)
+
+
+def test_asking_for_tcmalloc_where_it_is_missing_is_an_error_not_a_note():
+    with pytest.raises(SystemExit, match="ECOMMERCE_SLM_ALLOCATOR=tcmalloc: libtcmalloc_minimal is not installed"):
+        preload_environment(python_m("stages.train"), {CHOICE: "tcmalloc"}, None)
+    assert preload_environment(python_m("stages.train"), {CHOICE: "tcmalloc"}, LIB) == {
+        CHOICE: "tcmalloc",
+        "LD_PRELOAD": LIB,
+    }
+    assert preload_environment(python_m("stages.eval"), {CHOICE: "tcmalloc"}, None) is None  # not a model maker
 
 
 @pytest.mark.skipif(find_tcmalloc() is None, reason="tcmalloc not installed (make install installs it on Debian)")

@@ -11,8 +11,8 @@ from tools.cuda_check import failures, main
 PASSING_NF4 = json.loads(
     """{"train": {"device": "cuda", "compute_dtype": "bfloat16", "attention": "sdpa", "first_loss": 9.49,
                   "final_loss": 4.52, "validation_exact_match": 0.0},
-        "base_weights": {"linear4bit_layers": 14, "quant_type": "nf4", "devices": ["cuda:0"]},
-        "merge": {"device": "cuda", "dtype": "float32"}}"""
+        "base_weights": {"linear4bit_layers": 14, "adapted_layers": 14, "quant_type": "nf4", "devices": ["cuda:0"]},
+        "merge": {"device": "cuda", "dtype": "float32", "relative_logit_diff": 9.2e-7, "tolerance": 1e-4}}"""
 )
 
 
@@ -30,6 +30,7 @@ def test_a_passing_run_has_no_failures():
     ("section", "key", "value", "failed"),
     [
         ("train", "device", "cpu", "nf4: trained on cuda"),
+        ("train", "validation_exact_match", None, "nf4: validation answers decoded by the model on the GPU"),
         ("base_weights", "devices", ["cpu", "cuda:0"], "nf4: trained on cuda"),
         ("train", "compute_dtype", "float32", "nf4: compute dtype bfloat16 (auto)"),
         ("train", "attention", "eager", "nf4: sdpa attention (auto on a GPU)"),
@@ -37,6 +38,8 @@ def test_a_passing_run_has_no_failures():
         ("base_weights", "linear4bit_layers", 0, "nf4: every adapted linear layer is 4-bit NF4"),
         ("base_weights", "quant_type", "fp4", "nf4: every adapted linear layer is 4-bit NF4"),
         ("merge", "dtype", "bfloat16", "nf4: merged on cuda in float32 within tolerance"),
+        ("merge", "relative_logit_diff", 2e-4, "nf4: merged on cuda in float32 within tolerance"),
+        ("base_weights", "adapted_layers", 21, "nf4: every adapted linear layer is 4-bit NF4"),
     ],
 )
 def test_each_check_can_fail(section, key, value, failed):

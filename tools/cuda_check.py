@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +27,6 @@ from transformers import TrainerCallback
 from ecommerce_slm.cli import ProjectError, stage_main
 from ecommerce_slm.files import write_json, write_jsonl
 from ecommerce_slm.machine import cpu_info
-from ecommerce_slm.params import ParamError
 from tools.tiny_llama import save_tiny_llama
 
 SMOLLM2_WIDTHS = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3}
@@ -62,12 +62,10 @@ class BaseWeights(TrainerCallback):
 
 
 def run_variant(quantization: str, model_dir: Path, scratch: Path) -> dict:
+    """Train on scratch/train.jsonl, score scratch/validation.jsonl, merge: on the GPU, as the stages do."""
     from stages.merge import MergeConfig, merge
     from stages.train import TrainConfig, train
 
-    rows = request_rows()
-    write_jsonl(scratch / "train.jsonl", rows)
-    write_jsonl(scratch / "validation.jsonl", rows[::3])
     cfg = dataclasses.replace(
         TrainConfig.load(),
         quantization=quantization,
@@ -76,7 +74,7 @@ def run_variant(quantization: str, model_dir: Path, scratch: Path) -> dict:
         save_steps=STEPS,
         eval_steps=STEPS,
         logging_steps=5,
-        score_examples=len(rows[::3]),
+        score_examples=len(request_rows()),
         compile_layers=False,
     )
     recorder = BaseWeights()
@@ -93,7 +91,9 @@ def run_variant(quantization: str, model_dir: Path, scratch: Path) -> dict:
     _, _, report = merge(MergeConfig(), model_dir, scratch / f"adapter-{quantization}")
     keep = ("steps", "train_seconds", "seconds_per_step", "first_loss", "final_loss", "device", "peak_vram_mb")
     keep += ("compute_dtype", "attention", "quantization", "validation_exact_match", "validation_score_seconds")
-    return {"train": {k: summary.get(k) for k in keep}, "base_weights": recorder.seen, "merge": report}
+    layers = json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
+    weights = {**recorder.seen, "adapted_layers": len(cfg.target_modules) * layers}
+    return {"train": {k: summary.get(k) for k in keep}, "base_weights": weights, "merge": report}
 
 
 def failures(name: str, result: dict, has_bf16: bool) -> list[str]:
@@ -104,12 +104,14 @@ def failures(name: str, result: dict, has_bf16: bool) -> list[str]:
         f"compute dtype {wanted_dtype} (auto)": trained["compute_dtype"] == wanted_dtype,
         "sdpa attention (auto on a GPU)": trained["attention"] == "sdpa",
         "loss fell": trained["final_loss"] < trained["first_loss"],
-        "answers scored on the GPU": trained["validation_exact_match"] is not None,
-        "merged on cuda in float32 within tolerance": merged["device"] == "cuda" and merged["dtype"] == "float32",
+        "validation answers decoded by the model on the GPU": trained["validation_exact_match"] is not None,
+        "merged on cuda in float32 within tolerance": merged["device"] == "cuda"
+        and merged["dtype"] == "float32"
+        and merged["relative_logit_diff"] <= merged["tolerance"],
     }
     if name == "nf4":
         checks["every adapted linear layer is 4-bit NF4"] = (
-            weights["linear4bit_layers"] == 14 and weights["quant_type"] == "nf4"  # 7 target modules x 2 layers
+            weights["linear4bit_layers"] == weights["adapted_layers"] and weights["quant_type"] == "nf4"
         )
     return [f"{name}: {check}" for check, ok in checks.items() if not ok]
 
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--out", type=Path, default=Path("docs/cuda_check.json"))
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        raise ParamError("tools.cuda_check: no CUDA device here; it checks the code paths only a GPU takes")
+        raise ProjectError("tools.cuda_check: no CUDA device here; it checks the code paths only a GPU takes")
     from transformers import AutoTokenizer
 
     if args.tokenizer:
@@ -134,6 +136,9 @@ def main(argv: list[str] | None = None) -> str:
     results, failed = {}, []
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = save_tiny_llama(Path(scratch, "model"), tokenizer, **SMOLLM2_WIDTHS)
+        rows = request_rows()
+        write_jsonl(Path(scratch, "train.jsonl"), rows)
+        write_jsonl(Path(scratch, "validation.jsonl"), rows)  # scored as validation: does the GPU path decode
         for quantization in ("none", "nf4"):
             results[quantization] = run_variant(quantization, model_dir, Path(scratch))
             failed += failures(quantization, results[quantization], torch.cuda.is_bf16_supported())
