@@ -24,10 +24,14 @@ from typing import ClassVar
 from ecommerce_slm.cli import stage_main
 from ecommerce_slm.files import atomic_dir, atomic_write_text, read_jsonl, write_json
 from ecommerce_slm.gptq import GptqError, configure_gptqmodel, load_gptq
+from ecommerce_slm.machine import native_bf16
 from ecommerce_slm.params import ParamError, Section, check, is_pos_int
 from ecommerce_slm.paths import GPTQ_DIR, MERGED_DIR, TRAIN_FILE, VARIANT_INFO_DIR, variant_info
 from ecommerce_slm.task import completion_messages, intent_of, prompt_messages
 
+DTYPES = ("float32", "bfloat16", "float16")
+# the dtype a checkpoint calibrated in float32 keeps its unquantized weights in (see store_unquantized_as)
+STORED_DTYPE = {"float32": "bfloat16"}
 CHECK_TEXTS = [
     "Can you delet 12 lip balms for me?",
     "Bok, ubaci dvije paste za zube u košaricu pls",
@@ -49,6 +53,10 @@ class GptqConfig(Section):
     calibration_samples: int = 300  # drawn with `seed` from the training split, prompt + answer
     seed: int = 42
     device: str = "auto"  # auto: cuda when present, else cpu | cpu | cuda
+    # the dtype the model is calibrated in. auto: bfloat16 where the hardware computes it, else float32 (cpu)
+    # or float16 (cuda). gptqmodel's own default is bfloat16 on every CPU: emulated on AVX2, 3x slower there.
+    # The saved embeddings and norms are bfloat16 after a float32 calibration (store_unquantized_as)
+    dtype: str = "auto"
     threads: int = 2
 
     def __post_init__(self):
@@ -64,7 +72,31 @@ class GptqConfig(Section):
             is_pos_int(self.calibration_samples), "calibration_samples", "a positive integer", self.calibration_samples
         )
         check(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda", self.device)
+        check(self.dtype in ("auto", *DTYPES), "dtype", "auto, float32, bfloat16 or float16", self.dtype)
         check(is_pos_int(self.threads), "threads", "a positive integer", self.threads)
+
+
+def resolve_dtype(name: str, device: str, cpu_flags: list[str] | None = None) -> str:
+    if name != "auto":
+        return name
+    if native_bf16(device, cpu_flags):
+        return "bfloat16"
+    return "float16" if device == "cuda" else "float32"
+
+
+def store_unquantized_as(model, dtype: str) -> str:
+    """Cast the weights GPTQ leaves in floating point (embeddings, norms) to `dtype` before saving.
+
+    They are saved as they were calibrated, and a float32 embedding alone is 108 MiB of SmolLM2-135M's
+    file; stored in bfloat16, as gptqmodel's own CPU default stores them, the variant has the same size
+    whichever machine made it. The packed weights and their float16 scales are buffers, left alone."""
+    import torch
+
+    for parameter in model.parameters():
+        if parameter.is_floating_point():
+            parameter.data = parameter.data.to(getattr(torch, dtype))
+    model.config.dtype = getattr(torch, dtype)
+    return dtype
 
 
 def linear_input_widths(model_config: dict) -> dict[str, int]:
@@ -153,9 +185,11 @@ def quantize(cfg: GptqConfig, merged_dir: Path, train_file: Path, out_dir: Path,
         offload_to_disk=False,
     )
     start = time.perf_counter()
-    model = GPTQModel.load(str(merged_dir), qcfg, device=device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    model = GPTQModel.load(str(merged_dir), qcfg, device=device, dtype=getattr(torch, dtype))
     model.quantize(texts, batch_size=1, tokenizer=tokenizer)
     seconds = time.perf_counter() - start
+    stored = store_unquantized_as(model.model, STORED_DTYPE.get(dtype, dtype))
     with atomic_dir(out_dir) as tmp:
         model.save(str(tmp))
         del model
@@ -167,7 +201,7 @@ def quantize(cfg: GptqConfig, merged_dir: Path, train_file: Path, out_dir: Path,
         # The saved checkpoint must behave like the model that was just quantized: load it the
         # supported way (transformers) and with gptqmodel's own loader, compare greedy answers.
         reloaded = load_gptq(tmp, cfg.threads, device)
-        native = GPTQModel.load(str(tmp), device=device)
+        native = GPTQModel.load(str(tmp), device=device, dtype=getattr(torch, stored))
         ours, theirs = (
             greedy_answers(reloaded, tokenizer, CHECK_TEXTS),
             greedy_answers(native.model, tokenizer, CHECK_TEXTS),
@@ -193,6 +227,8 @@ def quantize(cfg: GptqConfig, merged_dir: Path, train_file: Path, out_dir: Path,
         "parameters": parameters,
         "bits_per_weight": round(8 * weights / parameters, 3),
         "device": device,
+        "dtype": dtype,
+        "stored_dtype": stored,
         "kernel": kernel,
         "quantize_seconds": round(seconds, 1),
         "peak_rss_mib": round(peak_rss_mib(), 1),

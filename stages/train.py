@@ -35,7 +35,7 @@ import torch
 from ecommerce_slm.allocator import in_use as allocator_in_use
 from ecommerce_slm.cli import stage_main
 from ecommerce_slm.files import atomic_dir, read_jsonl, write_json
-from ecommerce_slm.machine import cpu_info
+from ecommerce_slm.machine import native_bf16
 from ecommerce_slm.params import ParamError, Section, check, is_pos_int, is_rate, yaml_number
 from ecommerce_slm.paths import (
     ADAPTER_DIR,
@@ -220,10 +220,8 @@ def resolve_compute_dtype(name: str, cpu_flags: list[str] | None = None) -> str:
     took 130 s in bfloat16 against 11.5 s in float32 (docs/measurements.md)."""
     if name != "auto":
         return name
-    if cpu_flags is None and torch.cuda.is_available():
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    flags = set(cpu_info()["flags"] if cpu_flags is None else cpu_flags)
-    return "bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
+    device = "cuda" if cpu_flags is None and torch.cuda.is_available() else "cpu"
+    return "bfloat16" if native_bf16(device, cpu_flags) else "float32"
 
 
 def resolve_attention(name: str, compute_dtype: str, on_gpu: bool) -> str:

@@ -4,7 +4,15 @@ import json
 import types
 from pathlib import Path
 
-from ecommerce_slm.machine import NvmlEnergyReader, RaplReader, cpu_info, fingerprint, memory_bandwidth, same_machine
+from ecommerce_slm.machine import (
+    NvmlEnergyReader,
+    RaplReader,
+    cpu_info,
+    fingerprint,
+    memory_bandwidth,
+    native_bf16,
+    same_machine,
+)
 
 CPUINFO = """processor\t: 0
 model name\t: Test CPU 9000
@@ -22,6 +30,12 @@ def test_fingerprint_describes_this_machine():
     for lib in ("torch", "transformers", "llama_cpp_python", "gptqmodel"):
         assert fp["versions"][lib] == importlib.metadata.version(lib), lib
     assert json.loads(json.dumps(fp)) == fp  # goes into JSON metrics as is
+
+
+def test_native_bf16_needs_avx512_bf16_or_amx():
+    assert not native_bf16("cpu", ["avx2", "avx512f", "fma"])
+    assert native_bf16("cpu", ["avx2", "avx512_bf16"]) and native_bf16("cpu", ["amx_bf16"])
+    assert native_bf16("cpu") == bool({"avx512_bf16", "amx_bf16"} & set(cpu_info()["flags"]))
 
 
 def test_cpu_info_reads_model_and_relevant_flags():

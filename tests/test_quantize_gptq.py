@@ -4,11 +4,12 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from ecommerce_slm.files import write_jsonl
 from ecommerce_slm.gptq import GptqError, load_gptq
 from ecommerce_slm.params import ParamError
-from stages.quantize_gptq import GptqConfig, calibration_texts, check_group_size, quantize
+from stages.quantize_gptq import GptqConfig, calibration_texts, check_group_size, quantize, resolve_dtype
 
 SMOLLM2_135M = {"hidden_size": 576, "num_attention_heads": 9, "head_dim": 64, "intermediate_size": 1536}
 
@@ -25,6 +26,22 @@ def test_bad_gptq_params():
         GptqConfig.from_dict({"bits": 5})
     with pytest.raises(ParamError, match="gptq.calibration_samples: expected a positive integer"):
         GptqConfig.from_dict({"calibration_samples": 0})
+    with pytest.raises(ParamError, match="gptq.dtype: expected auto, float32, bfloat16 or float16, got 'fp8'"):
+        GptqConfig.from_dict({"dtype": "fp8"})
+
+
+@pytest.mark.parametrize(
+    "name, device, flags, expected",
+    [
+        # gptqmodel's own choice on every CPU is bfloat16: emulated on AVX2, where it quantized 4x slower
+        ("auto", "cpu", ["avx2", "fma"], "float32"),
+        ("auto", "cpu", ["avx2", "avx512f", "avx512_bf16"], "bfloat16"),
+        ("auto", "cpu", ["avx2", "amx_bf16"], "bfloat16"),
+        ("bfloat16", "cpu", ["avx2"], "bfloat16"),  # an explicit choice is kept
+    ],
+)
+def test_calibration_dtype_auto_follows_the_hardware(name, device, flags, expected):
+    assert resolve_dtype(name, device, flags) == expected
 
 
 def test_calibration_is_seeded_and_holds_prompt_and_answer(real_tokenizer):
@@ -60,6 +77,14 @@ def test_checkpoint_reloads_as_gptq_close_to_full_precision(tiny_wide_model_dir,
     assert not (tmp_path / "gptq" / "quant_log.csv").exists()
     assert log.read_text().startswith("layer,module,loss")
     assert info["bits"] == 4 and info["group_size"] == 64 and info["quantize_seconds"] > 0
+    assert info["dtype"] == resolve_dtype("auto", "cpu")  # this machine's native choice, not gptqmodel's bf16
+    # embeddings and norms are stored in bf16 whatever the calibration ran in: the size does not depend on the CPU
+    assert info["stored_dtype"] == "bfloat16"
+    with safe_open(tmp_path / "gptq" / "model.safetensors", framework="pt") as f:
+        floats = {
+            f.get_slice(k).get_dtype() for k in f.keys() if not k.endswith(("qweight", "qzeros", "g_idx", "scales"))
+        }
+    assert floats == {"BF16"}
     saved = json.loads((tmp_path / "gptq" / "config.json").read_text())["quantization_config"]
     assert saved["bits"] == 4 and saved["group_size"] == 64 and saved.get("checkpoint_format", "gptq") == "gptq"
 
