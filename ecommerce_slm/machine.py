@@ -43,7 +43,7 @@ def native_bf16(device: str = "cpu", cpu_flags: list[str] | None = None) -> bool
     """Whether bfloat16 arithmetic runs in hardware: a CUDA GPU that has it, a CPU with AVX512_BF16 or AMX.
 
     Elsewhere torch emulates it, far slower than float32: on a plain AVX2 CPU a QLoRA step took 130 s in
-    bf16 against 11.5 s in float32, and gptqmodel's CPU default of bf16 quantized 4x slower (docs/measurements.md).
+    bf16 against 11.5 s in float32, and gptqmodel's CPU default of bf16 quantized 3.6x slower (docs/measurements.md).
     """
     if device == "cuda":
         import torch

@@ -30,8 +30,6 @@ from ecommerce_slm.paths import GPTQ_DIR, MERGED_DIR, TRAIN_FILE, VARIANT_INFO_D
 from ecommerce_slm.task import completion_messages, intent_of, prompt_messages
 
 DTYPES = ("float32", "bfloat16", "float16")
-# the dtype a checkpoint calibrated in float32 keeps its unquantized weights in (see store_unquantized_as)
-STORED_DTYPE = {"float32": "bfloat16"}
 CHECK_TEXTS = [
     "Can you delet 12 lip balms for me?",
     "Bok, ubaci dvije paste za zube u košaricu pls",
@@ -54,7 +52,7 @@ class GptqConfig(Section):
     seed: int = 42
     device: str = "auto"  # auto: cuda when present, else cpu | cpu | cuda
     # the dtype the model is calibrated in. auto: bfloat16 where the hardware computes it, else float32 (cpu)
-    # or float16 (cuda). gptqmodel's own default is bfloat16 on every CPU: emulated on AVX2, 3x slower there.
+    # or float16 (cuda). gptqmodel's own default is bfloat16 on every CPU: emulated on AVX2, 3.6x slower there.
     # The saved embeddings and norms are bfloat16 after a float32 calibration (store_unquantized_as)
     dtype: str = "auto"
     threads: int = 2
@@ -84,7 +82,7 @@ def resolve_dtype(name: str, device: str, cpu_flags: list[str] | None = None) ->
     return "float16" if device == "cuda" else "float32"
 
 
-def store_unquantized_as(model, dtype: str) -> str:
+def store_unquantized_as(model, dtype: str) -> None:
     """Cast the weights GPTQ leaves in floating point (embeddings, norms) to `dtype` before saving.
 
     They are saved as they were calibrated, and a float32 embedding alone is 108 MiB of SmolLM2-135M's
@@ -96,7 +94,6 @@ def store_unquantized_as(model, dtype: str) -> str:
         if parameter.is_floating_point():
             parameter.data = parameter.data.to(getattr(torch, dtype))
     model.config.dtype = getattr(torch, dtype)
-    return dtype
 
 
 def linear_input_widths(model_config: dict) -> dict[str, int]:
@@ -184,12 +181,13 @@ def quantize(cfg: GptqConfig, merged_dir: Path, train_file: Path, out_dir: Path,
         format="gptq",
         offload_to_disk=False,
     )
-    start = time.perf_counter()
     dtype = resolve_dtype(cfg.dtype, device)
+    stored = "bfloat16" if dtype == "float32" else dtype  # see store_unquantized_as
+    start = time.perf_counter()
     model = GPTQModel.load(str(merged_dir), qcfg, device=device, dtype=getattr(torch, dtype))
     model.quantize(texts, batch_size=1, tokenizer=tokenizer)
     seconds = time.perf_counter() - start
-    stored = store_unquantized_as(model.model, STORED_DTYPE.get(dtype, dtype))
+    store_unquantized_as(model.model, stored)
     with atomic_dir(out_dir) as tmp:
         model.save(str(tmp))
         del model

@@ -35,7 +35,6 @@ def test_fingerprint_describes_this_machine():
 def test_native_bf16_needs_avx512_bf16_or_amx():
     assert not native_bf16("cpu", ["avx2", "avx512f", "fma"])
     assert native_bf16("cpu", ["avx2", "avx512_bf16"]) and native_bf16("cpu", ["amx_bf16"])
-    assert native_bf16("cpu") == bool({"avx512_bf16", "amx_bf16"} & set(cpu_info()["flags"]))
 
 
 def test_cpu_info_reads_model_and_relevant_flags():

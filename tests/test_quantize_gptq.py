@@ -33,7 +33,7 @@ def test_bad_gptq_params():
 @pytest.mark.parametrize(
     "name, device, flags, expected",
     [
-        # gptqmodel's own choice on every CPU is bfloat16: emulated on AVX2, where it quantized 4x slower
+        # gptqmodel's own choice on every CPU is bfloat16: emulated on AVX2, where it quantized 3.6x slower
         ("auto", "cpu", ["avx2", "fma"], "float32"),
         ("auto", "cpu", ["avx2", "avx512f", "avx512_bf16"], "bfloat16"),
         ("auto", "cpu", ["avx2", "amx_bf16"], "bfloat16"),
