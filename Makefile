@@ -53,12 +53,12 @@ $(STAMP): pyproject.toml Makefile
 	# llama.cpp's programs from the same source and args: ~6 min on 2 cores, again only when those change
 	tools/build_llama_tools.sh $(SDIST) $(LLAMA_CPP_VERSION) $(BIN) $(VENV)/llama-tools-build "$(LLAMA_CMAKE_ARGS)" $(LLAMA_TOOLS)
 	PIP_CONSTRAINT=$(VENV)/constraints.txt $(BIN)/python -m pip install --quiet -e ".[dev]"
-	# tcmalloc, which the model-making stages preload (ecommerce_slm/allocator.py): a training step ~25%
+	# tcmalloc, which the model-making stages preload (ecommerce_slm/allocator.py): a training step 5-29%
 	# cheaper, the same numbers. Debian's package where apt-get and root are at hand; elsewhere a note
 	ldconfig -p 2>/dev/null | grep -q libtcmalloc_minimal.so.4 \
 	  || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq \
 	       && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null; } \
-	  || echo "note: libtcmalloc_minimal.so.4 not installed (Debian: libtcmalloc-minimal4): training runs on glibc's malloc, ~25% slower"
+	  || echo "note: libtcmalloc_minimal.so.4 not installed (Debian: libtcmalloc-minimal4): training runs on glibc's malloc, 5-29% slower"
 	# the page `dvc plots show` fills, with vega inlined (.dvc/config: plots.html_template): works offline
 	$(BIN)/python -m tools.plots_page
 	touch $(STAMP)

@@ -1,4 +1,4 @@
-"""tcmalloc under the stages that make models: the same numbers, a training step ~25% cheaper on 2 cores.
+"""tcmalloc under the stages that make models: the same numbers, a training step 16-29% cheaper in bf16 on AMX, 5-13% in float32 on AVX2.
 
 A bf16 LoRA step allocates and frees thousands of tensors; under glibc's malloc the 650-step default spent
 1.25-1.40 s a step here, under tcmalloc 0.97-1.05 s, with bit-identical losses and adapter
@@ -26,7 +26,7 @@ MODEL_MAKERS = {
     "tools.learning_curve",
     "tools.train_step_bench",
 }
-INSTALL_HINT = "apt-get install libtcmalloc-minimal4 (or your system's gperftools) makes a training step ~25% cheaper"
+INSTALL_HINT = "apt-get install libtcmalloc-minimal4 (or your system's gperftools) makes a training step 5-29% cheaper"
 
 
 def find_tcmalloc() -> str | None:
