@@ -99,3 +99,9 @@ def test_the_closure_follows_function_level_imports(tmp_path):
     needs = stage_needs("stages.report", ROOT)
     assert "ecommerce_slm/pareto.py" in needs.files and ".dvc/plots/pareto.json" in needs.files
     assert needs.sections == {"report", "gguf"}
+
+
+def test_the_closure_follows_what_a_package_init_imports():
+    """stages/__init__.py chooses the allocator before any stage module runs: every stage reads allocator.py."""
+    needs = stage_needs("stages.eval", ROOT)
+    assert {"stages/__init__.py", "ecommerce_slm/allocator.py", "ecommerce_slm/__init__.py"} <= needs.files
