@@ -28,6 +28,8 @@ def test_bad_gptq_params():
         GptqConfig.from_dict({"calibration_samples": 0})
     with pytest.raises(ParamError, match="gptq.dtype: expected auto, float32, bfloat16 or float16, got 'fp8'"):
         GptqConfig.from_dict({"dtype": "fp8"})
+    with pytest.raises(ParamError, match="gptq.batch_size: expected a positive integer, got 0"):
+        GptqConfig.from_dict({"batch_size": 0})
 
 
 @pytest.mark.parametrize(
@@ -107,6 +109,38 @@ def test_checkpoint_reloads_as_gptq_close_to_full_precision(tiny_wide_model_dir,
     # 4 bits on random Gaussian weights lose more than on trained ones; noise loses everything
     assert relative_error(ours) < 0.3, relative_error(ours)
     assert relative_error(theirs) > 3 * relative_error(ours), (relative_error(theirs), relative_error(ours))
+
+
+def nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """The 4-bit codes of GPTQ's int32-packed qweight (8 per word)."""
+    return torch.stack([(packed >> (4 * i)) & 0xF for i in range(8)])
+
+
+@pytest.mark.slow
+def test_batched_calibration_leaves_the_padding_out(tiny_wide_model_dir, tmp_path):
+    """Requests of 5 to 74 words, 8 to a batch: the padding must not reach the Hessians.
+
+    The first layer sees the same inputs however the requests are batched, so its codes must be the ones
+    calibrating one request at a time gives (measured: 99.99% equal; with gptqmodel's keep-mask switched
+    off, 88%). Later layers drift with the rounding of the quantized layers before them, by float
+    summation order alone, so they are not compared."""
+    train = tmp_path / "train.jsonl"
+    words = "please add some bars of my favourite lavender soap to the cart right now".split() * 6
+    rows = [
+        {"text": " ".join(words[: 2 + 3 * i]) + f" {i}", "action": "add", "product": "Soap", "quantity": i}
+        for i in range(1, 25)
+    ]
+    write_jsonl(train, rows)
+    codes = {}
+    for batch_size in (1, 8):
+        out = tmp_path / f"gptq-{batch_size}"
+        cfg = GptqConfig(calibration_samples=24, batch_size=batch_size, device="cpu")
+        assert quantize(cfg, tiny_wide_model_dir, train, out)["batch_size"] == batch_size
+        with safe_open(out / "model.safetensors", framework="pt") as f:
+            first_layer = sorted(k for k in f.keys() if k.startswith("model.layers.0.") and k.endswith("qweight"))
+            codes[batch_size] = torch.cat([nibbles(f.get_tensor(k)).flatten() for k in first_layer])
+    same = (codes[1] == codes[8]).float().mean().item()
+    assert same > 0.99, same
 
 
 def test_missing_merged_model(tmp_path):

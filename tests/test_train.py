@@ -370,7 +370,7 @@ def test_neftune_alpha_reaches_the_trainer_and_zero_is_off(tmp_path):
 @pytest.mark.parametrize(
     "rate, flags, expected",
     [
-        ("auto", ["avx2", "fma"], 0.02),  # float32's 220 steps want a higher rate than bf16's 650
+        ("auto", ["avx2", "fma"], 0.02),  # float32's 250 steps want a higher rate than bf16's 650
         ("auto", ["avx2", "avx512_bf16"], 0.01),
         (0.005, ["avx2", "avx512_bf16"], 0.005),  # a number is kept
     ],
