@@ -6,8 +6,8 @@ For each stage (foreach/matrix expanded, through DVC's own index): the module it
 (`python -m stages.NAME`), every project module that one imports, transitively, function-level imports
 and what each package's `__init__` imports included (read with ast, nothing is imported), the resource
 files those modules read (ecommerce_slm.paths.RESOURCES_READ) and the params sections whose dataclasses
-they load (`X.load()`, `${section.catalog}` for a config with a catalog field). A DVC cache is only as right as deps: a file
-missing here means `dvc repro` calls stale results up to date. tests/test_stage_deps.py runs this.
+they load (`X.load()`, `${section.catalog}` for a config with a catalog field). A DVC cache is only as
+right as deps: a file missing here means `dvc repro` calls stale results up to date. tests/test_stage_deps.py runs this.
 """
 
 from __future__ import annotations
@@ -133,10 +133,12 @@ def stage_needs(module: str, root: Path = ROOT, classes: dict[str, tuple[str, bo
         sections, catalogs = sections_loaded(tree, classes)
         needs.sections |= sections
         needs.catalog_params |= catalogs
+        todo += sorted(imported_modules(tree) - seen)
         # a package's __init__ runs before any of its modules, and what it imports runs too
-        # (stages/__init__.py chooses the allocator for every stage)
+        # (stages/__init__.py chooses the allocator for every stage): it is walked like a module
         package = name.split(".")[0]
-        todo += sorted((imported_modules(tree) | ({package} if module_file(package, root) else set())) - seen)
+        if package not in seen and module_file(package, root):
+            todo.append(package)
     return needs
 
 
