@@ -8,7 +8,9 @@ transformers runs model folders (base, merged, GPTQ) in batches, computing a pro
 conversation shares (the untuned base's few-shot examples) once; llama-server runs GGUF files with
 parallel slots (continuous batching), llama-cpp-python one request at a time; the API engine talks to
 any OpenAI-compatible endpoint. Constrained decoding: xgrammar for transformers, llama.cpp's own
-JSON-schema grammar for GGUF, structured outputs for APIs.
+JSON-schema grammar for GGUF, structured outputs for APIs. The three local engines decode greedily
+under the grammar (the best token it allows), which lets the eval skip rows whose free answer the
+grammar accepts (`greedy_under_grammar`); a provider's structured outputs promise no such thing.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def pad_after_prefix(sequences: list[list[int]], shared: int, pad_id: int) -> tu
 
 class TransformersEngine:
     kind = "transformers"
+    greedy_under_grammar = True
     # tokens a call's prompts must share before their cache is computed once: a tuned model's one-line
     # system prompt is shorter, and copying its cache per batch would cost what recomputing it does
     min_shared_prefix = 32
@@ -148,7 +151,9 @@ class TransformersEngine:
                     pad_token_id=self.tokenizer.pad_token_id,
                     logits_processor=processors,
                 )
-            outputs += self.tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
+            outputs += self.tokenizer.batch_decode(
+                out[:, input_ids.shape[1] :], skip_special_tokens=True, clean_up_tokenization_spaces=False
+            )  # the text as generated: a tidied-up answer could pass for one the grammar accepts
         return outputs
 
     def next_token_logprobs(self, ids: list[int], start: int) -> torch.Tensor:
@@ -162,6 +167,7 @@ class TransformersEngine:
 
 class LlamaCppEngine:
     kind = "llama_cpp"
+    greedy_under_grammar = True
 
     def __init__(self, gguf_file: str | Path, threads: int = 2, max_new_tokens: int = 48, n_ctx: int = 2048):
         if not Path(gguf_file).is_file():
@@ -208,6 +214,14 @@ class LlamaCppLogits:
         return torch.log_softmax(logits, dim=-1)
 
 
+def gguf_grammar(schema: dict) -> str:
+    """The GBNF grammar the binding builds for `schema`; llama-server is given the same, so both GGUF engines
+    are held to one grammar (llama-server's own converter allows other whitespace: other answers in form)."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    return json_schema_to_gbnf(json.dumps(schema))
+
+
 class LlamaServerEngine:
     """A GGUF file behind llama-server: `parallel` requests decoded at once (continuous batching).
 
@@ -216,6 +230,7 @@ class LlamaServerEngine:
     """
 
     kind = "llama_server"
+    greedy_under_grammar = True
 
     def __init__(self, gguf_file: str | Path, threads: int = 2, max_new_tokens: int = 48, parallel: int = 8):
         from ecommerce_slm.llama_tools import LlamaServer
@@ -245,11 +260,7 @@ class LlamaServerEngine:
     def generate(self, conversations: list[list[dict]], schema: dict | None = None) -> list[str]:
         from concurrent.futures import ThreadPoolExecutor
 
-        from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-        # the binding's own schema-to-grammar conversion, so both GGUF engines are held to one grammar
-        # (llama-server's converter allows other whitespace: its constrained answers differ in form)
-        grammar = json_schema_to_gbnf(json.dumps(schema)) if schema else None
+        grammar = gguf_grammar(schema) if schema else None
         with ThreadPoolExecutor(self.parallel) as pool:  # as many in flight as the server has slots
             return list(pool.map(lambda messages: self._complete(messages, grammar), conversations))
 
@@ -264,6 +275,7 @@ class ApiEngine:
     """Few-shot chat completions through the openai client (OpenAI or any compatible server)."""
 
     kind = "api"
+    greedy_under_grammar = False
 
     def __init__(
         self,

@@ -52,6 +52,7 @@ from ecommerce_slm.task import (
     completion_messages,
     few_shot_messages,
     intent_of,
+    is_schema_answer,
     prompt_messages,
     validate_row,
 )
@@ -84,6 +85,9 @@ class EvalConfig(Section):
     # text), in chunks of perplexity_context tokens; a cross-check of the KL above with llama.cpp's own tool
     perplexity_rows: int = 100
     perplexity_context: int = 256
+    # json_schema mode decodes again only the rows whose free answer the grammar would change; the rest
+    # keep the free answer, which greedy decoding under the grammar reproduces token for token (`decode`)
+    schema_reuses_free: bool = True
 
     def __post_init__(self):
         check(
@@ -100,6 +104,7 @@ class EvalConfig(Section):
         check(is_pos_int(self.perplexity_context), "perplexity_context", "a positive integer", self.perplexity_context)
         for name in ("limit", "kl_examples", "perplexity_rows"):
             check(getattr(self, name) >= 0, name, "an integer >= 0", getattr(self, name))
+        check(isinstance(self.schema_reuses_free, bool), "schema_reuses_free", "true or false", self.schema_reuses_free)
 
 
 GGUF_ENGINES = ("server", "binding")
@@ -162,18 +167,41 @@ def conversations(rows: list[dict], examples: list[dict] | None) -> list[list[di
     return [prompt_messages(r["text"]) for r in rows]
 
 
+def decode(
+    engine, chats: list[list[dict]], schema: dict | None, free: list[str] | None = None
+) -> tuple[list[str], set[int]]:
+    """Greedy answers to chats, under `schema` if given; (answers, the rows whose answer was taken from `free`).
+
+    Given the same chats' free answers, rows whose free answer is a complete schema answer keep it and only
+    the others are decoded again. Greedy decoding under a grammar takes the best token the grammar allows;
+    when the grammar accepts the whole free answer, the best token was allowed at every step, so the
+    constrained answer is the same tokens. llama.cpp's sampler works the same way (it tries the
+    unconstrained token first). A tuned model's free answers are nearly all schema answers, so this
+    halves an eval; the one thing it skips is a second run of batched kernels that are not
+    batch-invariant, which can flip near-ties either way.
+    """
+    reused = {}
+    if schema is not None and free is not None and engine.greedy_under_grammar:
+        reused = {i: answer for i, answer in enumerate(free) if is_schema_answer(answer, schema)}
+    todo = [i for i in range(len(chats)) if i not in reused]
+    answers = dict(reused) | dict(zip(todo, engine.generate([chats[i] for i in todo], schema), strict=True))
+    return [answers[i] for i in range(len(chats))], set(reused)
+
+
 def score_mode(
-    engine, rows: list[dict], chats: list[list[dict]], schema: dict | None, mode: str
-) -> tuple[dict, dict, list[dict]]:
-    """(compact metrics, details, errors) of one decoding mode."""
+    engine, rows: list[dict], chats: list[list[dict]], schema: dict | None, mode: str, free: list[str] | None = None
+) -> tuple[dict, dict, list[dict], list[str]]:
+    """(compact metrics, details, errors, raw answers) of one decoding mode; `free`: see `decode`."""
     start = time.perf_counter()
-    raw = engine.generate(chats, schema)
+    raw, kept = decode(engine, chats, schema, free)
     seconds = time.perf_counter() - start
     scores = [score_one(out, {f: r[f] for f in ANSWER_FIELDS}) for out, r in zip(raw, rows, strict=True)]
     details = accuracy_summary(rows, scores)
     details["diagnostics"] = diagnostics(rows, scores)
     compact = {k: details[k] for k in ("exact_match", "lenient_match", "json_valid")}
     compact.update(seconds=round(seconds, 1), requests_per_second=round(len(rows) / seconds, 2))
+    if schema is not None:
+        compact["free_answers_kept"] = len(kept)
     errors = [
         {
             "mode": mode,
@@ -186,11 +214,12 @@ def score_mode(
             "parse_error": s["parse_error"],
             "failed_fields": s["failed_fields"],
             "unseen": r.get("unseen"),
+            **({"free_answer_kept": i in kept} if schema is not None else {}),
         }
-        for r, out, s in zip(rows, raw, scores, strict=True)
+        for i, (r, out, s) in enumerate(zip(rows, raw, scores, strict=True))
         if not s["exact"]
     ]
-    return compact, details, errors
+    return compact, details, errors, raw
 
 
 def kl_sequences(rows: list[dict], tokenizer, n: int) -> list[tuple[list[int], int]]:
@@ -251,8 +280,12 @@ def score_rows(
     chats = conversations(rows, examples if variant.few_shot else None)
     metrics = {"variant": variant.name, "engine": engine.kind, "n": len(rows)}
     details, errors = {"variant": variant.name}, []
-    for mode in cfg.decoding:
-        compact, details[mode], wrong = score_mode(engine, rows, chats, schema if mode == "json_schema" else None, mode)
+    free = None
+    for mode in sorted(cfg.decoding, key=DECODING_MODES.index):  # free first: json_schema may keep its answers
+        reuse = free if cfg.schema_reuses_free else None
+        mode_schema = schema if mode == "json_schema" else None
+        compact, details[mode], wrong, raw = score_mode(engine, rows, chats, mode_schema, mode, reuse)
+        free = raw if mode == "free" else free
         metrics[mode] = compact
         errors += wrong
     return metrics, details, errors

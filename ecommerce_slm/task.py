@@ -59,6 +59,31 @@ class Intent:
         )
 
 
+def is_schema_answer(raw: str, schema: dict[str, Any]) -> bool:
+    """raw is one complete answer exactly as Intent.to_json writes it, every field within answer_schema().
+
+    Both constrained decoders (xgrammar's grammar for transformers, llama.cpp's JSON-schema grammar for
+    GGUF) accept this form with nothing before or after it; a stricter test than theirs is safe, since
+    it only ever sends more rows to be decoded under the grammar.
+    """
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return False
+    if not isinstance(value, dict) or list(value) != list(ANSWER_FIELDS):
+        return False
+    fields = schema["properties"]
+    action, product, quantity = (value[f] for f in ANSWER_FIELDS)
+    return (
+        action in fields["action"]["enum"]
+        and isinstance(product, str)
+        and product in fields["product"].get("enum", [product])
+        and type(quantity) is int
+        and fields["quantity"]["minimum"] <= quantity <= fields["quantity"]["maximum"]
+        and Intent(action, product, quantity).to_json() == raw
+    )
+
+
 def prompt_messages(text: str) -> list[dict[str, str]]:
     """Chat messages that ask for the intent of one shopper request."""
     return [

@@ -127,6 +127,8 @@ def variant_row(name: str, metrics_dir: Path, decoding: str, parameters: int | N
         "eval_rows": ev["n"],
         "eval_engine": ev.get("engine"),
         "eval_seconds": {mode: ev[mode].get("seconds") for mode in DECODING_MODES if mode in ev},
+        # rows whose free answer the schema pass kept instead of decoding them again (evaluation.decode)
+        "eval_free_answers_kept": ev.get("json_schema", {}).get("free_answers_kept"),
         "llama_bench": bench.get("llama_bench"),  # llama.cpp's llama-bench on the same file (GGUF only)
         "llama_perplexity": ev.get("llama_perplexity"),  # llama-perplexity's KL from F16 (GGUF levels)
         "bench_repeats": bench["repeats"],
@@ -333,10 +335,13 @@ def llama_cpp_table(summary: dict) -> list[str]:
     lines = [
         "Cross-checks with llama.cpp's own programs: tokens/s from llama-bench (same prompt length and new "
         "tokens) beside the bench's, KL from F16 by llama-perplexity beside the KL from merged; eval seconds "
-        "for the eval set (free / schema) and the engine that decoded it.",
+        "for the eval set (free / schema; the schema pass decodes only the rows whose free answer its grammar "
+        "would change, and keeps the rest: greedy decoding under the grammar gives the same tokens) and the "
+        "engine that decoded it.",
         "",
         "| variant | gen tok/s: bench / llama-bench (ratio) | prompt tok/s: bench / llama-bench (ratio) | "
-        "KL from merged | llama-perplexity KL from F16 | same top token | eval s (free / schema) | eval engine |",
+        "KL from merged | llama-perplexity KL from F16 | same top token | eval s: free / schema (free answers kept) | "
+        "eval engine |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["variants"]:
@@ -351,6 +356,8 @@ def llama_cpp_table(summary: dict) -> list[str]:
                 f"{fmt(r['prompt_tokens_per_s'], 0)} / {fmt(own['prompt_tokens_per_s'], 0)} ({ratio['prompt']:.2f})"
             )
         seconds = " / ".join(fmt(v, 1) for v in r.get("eval_seconds", {}).values()) or "-"
+        if r.get("eval_free_answers_kept") is not None:
+            seconds += f" ({r['eval_free_answers_kept']} of {r['eval_rows']})"
         lines.append(
             f"| {r['variant']} | {gen} | {prompt} | {kl_text(r['kl_from_merged'])} | "
             f"{kl_text(ppl.get('mean_kl'))} | {fmt(ppl.get('same_top_token'), 3)} | {seconds} | "

@@ -733,7 +733,8 @@ def validation_scores(model, base_dir: Path, rows: list[dict], cfg: TrainConfig)
     from ecommerce_slm.scoring import accuracy_summary, score_one
 
     start = time.perf_counter()
-    engine = TransformersEngine.from_loaded(model.eval(), base_dir)
+    # 64 at once, as the eval stages decode (merged, 300 rows: 45 s in batches of 16, 31 s in 64, the same answers)
+    engine = TransformersEngine.from_loaded(model.eval(), base_dir, batch_size=64)
     # decoding runs without autocast and uncompiled, also mid-training
     with lora_input_casting(model, enabled=True), eager_decoder_layers(model):
         raw = engine.generate([prompt_messages(row["text"]) for row in rows])

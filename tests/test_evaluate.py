@@ -7,7 +7,16 @@ import pytest
 import torch
 
 from ecommerce_slm.engines import TransformersEngine, pad_after_prefix, shared_prefix_length
-from ecommerce_slm.evaluation import EvalConfig, EvalError, evaluate, kl_sequences, load_rows, mean_kl, pick_few_shot
+from ecommerce_slm.evaluation import (
+    EvalConfig,
+    EvalError,
+    evaluate,
+    kl_sequences,
+    load_rows,
+    mean_kl,
+    pick_few_shot,
+    score_rows,
+)
 from ecommerce_slm.variants import Variant, resolve
 from stages.eval import main
 from stages.eval_api import EvalApiConfig
@@ -258,3 +267,54 @@ def test_the_handwritten_set_is_valid_and_covers_every_language():
     assert min(Counter(r["language"] for r in rows).values()) >= 50
     assert len({r["text"].casefold() for r in rows}) == len(rows)
     assert set(Counter(r["action"] for r in rows)) == {"add", "remove"}
+
+
+class ScriptedEngine:
+    """Answers each request from a script, per mode, and records what it was asked to decode."""
+
+    kind = "scripted"
+
+    def __init__(self, free: list[str], constrained: list[str], greedy_under_grammar: bool = True):
+        self.answers = {"free": free, "json_schema": constrained}
+        self.greedy_under_grammar = greedy_under_grammar
+        self.asked = []
+
+    def generate(self, chats, schema=None):
+        mode = "json_schema" if schema else "free"
+        self.asked.append((mode, [c[-1]["content"] for c in chats]))
+        return [self.answers[mode][int(c[-1]["content"])] for c in chats]
+
+
+SCHEMA_ROWS = [
+    {"text": str(i), "action": "add", "product": "Shampoo", "quantity": 2, "language": "en"} for i in range(3)
+]
+GOOD = '{"action": "add", "product": "Shampoo", "quantity": 2}'
+
+
+@pytest.mark.parametrize(
+    "greedy, reuse, schema_decodes",
+    [(True, True, ["1", "2"]), (True, False, ["0", "1", "2"]), (False, True, ["0", "1", "2"])],
+)
+def test_the_schema_pass_decodes_only_rows_whose_free_answer_the_grammar_would_change(greedy, reuse, schema_decodes):
+    free = [GOOD, 'Sure! {"action": "add", "product": "Shampoo", "quantity": 2}', '{"action": "add"}']
+    engine = ScriptedEngine(free, [GOOD] * 3, greedy_under_grammar=greedy)
+    cfg = EvalConfig(catalog="", schema_reuses_free=reuse, kl_examples=0)
+    metrics, details, errors = score_rows(engine, Variant("x", "transformers", "x"), SCHEMA_ROWS, cfg)
+    assert engine.asked == [("free", ["0", "1", "2"]), ("json_schema", schema_decodes)]
+    assert metrics["json_schema"]["free_answers_kept"] == 3 - len(schema_decodes)
+    # the tolerant parser scores row 1 right in free mode too; only its grammar-constrained answer differs in form
+    assert metrics["json_schema"]["exact_match"] == 1.0 and metrics["free"]["exact_match"] == 0.6667
+    assert "free_answers_kept" not in metrics["free"] and all("free_answer_kept" not in e for e in errors)
+
+
+def test_a_kept_free_answer_is_marked_in_the_errors():
+    wrong = '{"action": "add", "product": "Shampoo", "quantity": 3}'
+    engine = ScriptedEngine([wrong, GOOD, "no"], [wrong, GOOD, wrong])
+    _, _, errors = score_rows(engine, Variant("x", "transformers", "x"), SCHEMA_ROWS, EvalConfig(catalog=""))
+    schema_errors = [(e["text"], e["free_answer_kept"]) for e in errors if e["mode"] == "json_schema"]
+    assert schema_errors == [("0", True), ("2", False)]
+
+
+def test_schema_reuses_free_must_be_a_boolean():
+    with pytest.raises(Exception, match="schema_reuses_free"):
+        EvalConfig(schema_reuses_free="yes")

@@ -2,7 +2,15 @@ import json
 
 import pytest
 
-from ecommerce_slm.task import ANSWER_FIELDS, Intent, InvalidRow, answer_schema, prompt_messages, validate_row
+from ecommerce_slm.task import (
+    ANSWER_FIELDS,
+    Intent,
+    InvalidRow,
+    answer_schema,
+    is_schema_answer,
+    prompt_messages,
+    validate_row,
+)
 
 PRODUCTS = {"Lip Balm", "Shampoo"}
 
@@ -71,3 +79,62 @@ def test_untrained_models_get_the_instructions_and_tuned_ones_the_short_prompt()
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
     assert messages[-1]["content"] == "remove the socks"
     assert prompt_messages("x")[0]["content"] == SYSTEM_PROMPT and len(SYSTEM_PROMPT) < len(INSTRUCTIONS) / 3
+
+
+SCHEMA = answer_schema(sorted(PRODUCTS))
+
+
+def test_a_schema_answer_is_the_trained_form_within_the_schema():
+    assert is_schema_answer('{"action": "remove", "product": "Lip Balm", "quantity": 12}', SCHEMA)
+    assert is_schema_answer('{"action": "add", "product": "Any Thing", "quantity": 9999}', answer_schema())
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"action": "remove", "product": "Lip Balm", "quantity": 12} ',  # the grammar may add a space here
+        '{"action": "remove", "product": "Lip Balm", "quantity": 12}\n',
+        '{"action":"remove","product":"Lip Balm","quantity":12}',  # another spacing
+        '{"product": "Lip Balm", "action": "remove", "quantity": 12}',  # another key order
+        '{"action": "remove", "product": "Lip Balms", "quantity": 12}',  # not in the catalog
+        '{"action": "delete", "product": "Lip Balm", "quantity": 12}',
+        '{"action": "remove", "product": "Lip Balm", "quantity": 0}',
+        '{"action": "remove", "product": "Lip Balm", "quantity": 10000}',
+        '{"action": "remove", "product": "Lip Balm", "quantity": "12"}',
+        '{"action": "remove", "product": "Lip Balm", "quantity": 12.0}',
+        '{"action": "remove", "product": "Lip Balm", "quantity": true}',
+        '{"action": "remove", "product": "Lip Balm", "quantity": 12, "note": ""}',
+        '```json\n{"action": "remove", "product": "Lip Balm", "quantity": 12}\n```',
+        '["remove", "Lip Balm", 12]',
+        "",
+    ],
+)
+def test_anything_else_is_not_a_schema_answer(raw):
+    assert not is_schema_answer(raw, SCHEMA)
+
+
+def test_both_grammars_accept_every_schema_answer(real_tokenizer):
+    """is_schema_answer must be at least as strict as the grammars the engines decode under, or the eval
+    would keep a free answer that constrained decoding changes. Every catalog product, both actions and
+    the quantities at the schema's edges, through xgrammar's grammar (transformers) and llama.cpp's GBNF
+    (GGUF engines; parsed by xgrammar, whose EBNF reads GBNF)."""
+    import xgrammar as xgr
+    from xgrammar.testing import _is_grammar_accept_string as accepts
+
+    from ecommerce_slm.engines import gguf_grammar
+    from ecommerce_slm.evaluation import catalog_products
+    from ecommerce_slm.paths import DEFAULT_CATALOG
+
+    products = catalog_products(DEFAULT_CATALOG)
+    schema = answer_schema(products)
+    info = xgr.TokenizerInfo.from_huggingface(real_tokenizer)
+    grammars = {
+        "xgrammar": xgr.GrammarCompiler(info).compile_json_schema(json.dumps(schema), any_whitespace=False).grammar,
+        "gguf": xgr.Grammar.from_ebnf(gguf_grammar(schema)),
+    }
+    answers = [Intent(a, p, q).to_json() for a in ("add", "remove") for p in products for q in (1, 12, 9999)]
+    assert all(is_schema_answer(raw, schema) for raw in answers)
+    for name, grammar in grammars.items():
+        rejected = [raw for raw in answers if not accepts(grammar, raw)]
+        assert not rejected, (name, rejected[:3])
+        assert not accepts(grammar, answers[0].replace('"add"', '"put"')), name  # and it is a grammar
