@@ -17,6 +17,7 @@ from ecommerce_slm.evaluation import (
     pick_few_shot,
     score_rows,
 )
+from ecommerce_slm.task import answer_schema
 from ecommerce_slm.variants import Variant, resolve
 from stages.eval import main
 from stages.eval_api import EvalApiConfig
@@ -318,3 +319,14 @@ def test_a_kept_free_answer_is_marked_in_the_errors():
 def test_schema_reuses_free_must_be_a_boolean():
     with pytest.raises(Exception, match="schema_reuses_free"):
         EvalConfig(schema_reuses_free="yes")
+
+
+def test_the_shortcut_tool_reports_kept_rows_and_what_a_full_schema_pass_would_differ_in():
+    from tools.schema_shortcut import compare
+
+    # row 2's free answer is kept; a full schema pass on a batched engine could answer it otherwise
+    engine = ScriptedEngine([GOOD, "no", GOOD], [GOOD, GOOD, GOOD.replace("2}", "3}")])
+    result = compare(engine, SCHEMA_ROWS, answer_schema())
+    assert result["free_answers_kept"] == 2 and result["same_raw_where_kept"] == 1
+    assert result["same_answer"] == 2 and result["differences"][0]["free_answer_kept"] is True
+    assert result["exact_match"] == {"free": 0.6667, "schema_every_row": 0.6667, "schema_shortcut": 1.0}
