@@ -86,7 +86,7 @@ class EvalConfig(Section):
     perplexity_rows: int = 100
     perplexity_context: int = 256
     # json_schema mode decodes again only the rows whose free answer the grammar would change; the rest
-    # keep the free answer, which greedy decoding under the grammar reproduces token for token (`decode`)
+    # keep the free answer, the tokens greedy decoding under the grammar picks too (`decode`)
     schema_reuses_free: bool = True
 
     def __post_init__(self):
@@ -180,12 +180,12 @@ def decode(
     halves an eval; the one thing it skips is a second run of batched kernels that are not
     batch-invariant, which can flip near-ties either way.
     """
-    reused = {}
+    kept = {}
     if schema is not None and free is not None and engine.greedy_under_grammar:
-        reused = {i: answer for i, answer in enumerate(free) if is_schema_answer(answer, schema)}
-    todo = [i for i in range(len(chats)) if i not in reused]
-    answers = dict(reused) | dict(zip(todo, engine.generate([chats[i] for i in todo], schema), strict=True))
-    return [answers[i] for i in range(len(chats))], set(reused)
+        kept = {i: answer for i, answer in enumerate(free) if is_schema_answer(answer, schema)}
+    todo = [i for i in range(len(chats)) if i not in kept]
+    answers = kept | dict(zip(todo, engine.generate([chats[i] for i in todo], schema), strict=True))
+    return [answers[i] for i in range(len(chats))], set(kept)
 
 
 def score_mode(
