@@ -116,10 +116,9 @@ def test_anything_else_is_not_a_schema_answer(raw):
 def test_both_grammars_accept_every_schema_answer(real_tokenizer):
     """is_schema_answer must be at least as strict as the grammars the engines decode under, or the eval
     would keep a free answer that constrained decoding changes. Every catalog product, both actions and
-    the quantities at the schema's edges, through xgrammar's grammar (transformers) and llama.cpp's GBNF
-    (GGUF engines; parsed by xgrammar, whose EBNF reads GBNF)."""
+    the quantities at the schema's edges, followed by the end-of-sequence token, through xgrammar's grammar
+    (transformers) and llama.cpp's GBNF (GGUF engines; compiled by xgrammar, whose EBNF reads GBNF)."""
     import xgrammar as xgr
-    from xgrammar.testing import _is_grammar_accept_string as accepts
 
     from ecommerce_slm.engines import gguf_grammar
     from ecommerce_slm.evaluation import catalog_products
@@ -127,14 +126,20 @@ def test_both_grammars_accept_every_schema_answer(real_tokenizer):
 
     products = catalog_products(DEFAULT_CATALOG)
     schema = answer_schema(products)
-    info = xgr.TokenizerInfo.from_huggingface(real_tokenizer)
+    compiler = xgr.GrammarCompiler(xgr.TokenizerInfo.from_huggingface(real_tokenizer))
     grammars = {
-        "xgrammar": xgr.GrammarCompiler(info).compile_json_schema(json.dumps(schema), any_whitespace=False).grammar,
-        "gguf": xgr.Grammar.from_ebnf(gguf_grammar(schema)),
+        "xgrammar": compiler.compile_json_schema(json.dumps(schema), any_whitespace=False),
+        "gguf": compiler.compile_grammar(gguf_grammar(schema)),
     }
+
+    def accepts(grammar, raw: str) -> bool:
+        matcher = xgr.GrammarMatcher(grammar, override_stop_tokens=[real_tokenizer.eos_token_id])
+        return matcher.accept_string(raw) and matcher.accept_token(real_tokenizer.eos_token_id)
+
     answers = [Intent(a, p, q).to_json() for a in ("add", "remove") for p in products for q in (1, 12, 9999)]
     assert all(is_schema_answer(raw, schema) for raw in answers)
     for name, grammar in grammars.items():
         rejected = [raw for raw in answers if not accepts(grammar, raw)]
         assert not rejected, (name, rejected[:3])
         assert not accepts(grammar, answers[0].replace('"add"', '"put"')), name  # and it is a grammar
+        assert not accepts(grammar, answers[0][:-1]), name  # and it wants the whole answer before the end

@@ -24,8 +24,8 @@ from ecommerce_slm.cli import ProjectError, stage_main
 from ecommerce_slm.evaluation import EvalConfig, catalog_products, conversations, decode, load_rows, open_engine
 from ecommerce_slm.files import write_json
 from ecommerce_slm.paths import EVAL_FILE, HANDWRITTEN_FILE
-from ecommerce_slm.scoring import parse_answer, score_one
-from ecommerce_slm.task import ANSWER_FIELDS, answer_schema
+from ecommerce_slm.scoring import accuracy_summary, parse_answer, score_one
+from ecommerce_slm.task import answer_schema
 from ecommerce_slm.variants import resolve
 
 DEFAULT_OUT = Path("docs/schema_shortcut.json")
@@ -46,8 +46,7 @@ def compare(engine, rows: list[dict], schema: dict) -> dict:
     shortcut, kept = timed("schema_shortcut", schema, free)
 
     def exact(answers: list[str]) -> float:
-        truths = [{f: row[f] for f in ANSWER_FIELDS} for row in rows]
-        return round(sum(score_one(a, t)["exact"] for a, t in zip(answers, truths, strict=True)) / len(rows), 4)
+        return accuracy_summary(rows, [score_one(a, row) for a, row in zip(answers, rows, strict=True)])["exact_match"]
 
     pairs = list(zip(every_row, shortcut, strict=True))
     return {
