@@ -27,10 +27,16 @@ from ecommerce_slm.cli import ProjectError
 from ecommerce_slm.endpoint import Endpoint, api_error
 from ecommerce_slm.gptq import configure_gptqmodel
 from ecommerce_slm.llama_tools import load_binding
+from ecommerce_slm.task import ANSWER_SEPARATORS
 
 
 class EngineError(ProjectError, RuntimeError):
     pass
+
+
+def answer_grammar(compiler, schema: dict):
+    """xgrammar's grammar for `schema`, written as Intent.to_json writes answers (no other whitespace)."""
+    return compiler.compile_json_schema(json.dumps(schema), any_whitespace=False, separators=ANSWER_SEPARATORS)
 
 
 def left_padded_tokenizer(model_dir: str | Path):
@@ -107,7 +113,7 @@ class TransformersEngine:
         if self._compiler is None:
             info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.model.config.vocab_size)
             self._compiler = xgr.GrammarCompiler(info)
-        return self._compiler.compile_json_schema(json.dumps(schema), any_whitespace=False)
+        return answer_grammar(self._compiler, schema)
 
     def generate(self, conversations: list[list[dict]], schema: dict | None = None) -> list[str]:
         from transformers import LogitsProcessorList

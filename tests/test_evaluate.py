@@ -17,7 +17,7 @@ from ecommerce_slm.evaluation import (
     pick_few_shot,
     score_rows,
 )
-from ecommerce_slm.task import answer_schema
+from ecommerce_slm.task import Intent, answer_schema
 from ecommerce_slm.variants import Variant, resolve
 from stages.eval import main
 from stages.eval_api import EvalApiConfig
@@ -289,7 +289,7 @@ class ScriptedEngine:
 SCHEMA_ROWS = [
     {"text": str(i), "action": "add", "product": "Shampoo", "quantity": 2, "language": "en"} for i in range(3)
 ]
-GOOD = '{"action": "add", "product": "Shampoo", "quantity": 2}'
+GOOD = Intent("add", "Shampoo", 2).to_json()
 
 
 @pytest.mark.parametrize(
@@ -309,7 +309,7 @@ def test_the_schema_pass_decodes_only_rows_whose_free_answer_the_grammar_would_c
 
 
 def test_a_kept_free_answer_is_marked_in_the_errors():
-    wrong = '{"action": "add", "product": "Shampoo", "quantity": 3}'
+    wrong = Intent("add", "Shampoo", 3).to_json()
     engine = ScriptedEngine([wrong, GOOD, "no"], [wrong, GOOD, wrong])
     _, _, errors = score_rows(engine, Variant("x", "transformers", "x"), SCHEMA_ROWS, EvalConfig(catalog=""))
     schema_errors = [(e["text"], e["free_answer_kept"]) for e in errors if e["mode"] == "json_schema"]

@@ -120,7 +120,7 @@ def test_both_grammars_accept_every_schema_answer(real_tokenizer):
     (transformers) and llama.cpp's GBNF (GGUF engines; compiled by xgrammar, whose EBNF reads GBNF)."""
     import xgrammar as xgr
 
-    from ecommerce_slm.engines import gguf_grammar
+    from ecommerce_slm.engines import answer_grammar, gguf_grammar
     from ecommerce_slm.evaluation import catalog_products
     from ecommerce_slm.paths import DEFAULT_CATALOG
 
@@ -128,7 +128,7 @@ def test_both_grammars_accept_every_schema_answer(real_tokenizer):
     schema = answer_schema(products)
     compiler = xgr.GrammarCompiler(xgr.TokenizerInfo.from_huggingface(real_tokenizer))
     grammars = {
-        "xgrammar": compiler.compile_json_schema(json.dumps(schema), any_whitespace=False),
+        "xgrammar": answer_grammar(compiler, schema),  # the transformers engine's own
         "gguf": compiler.compile_grammar(gguf_grammar(schema)),
     }
 
@@ -143,3 +143,5 @@ def test_both_grammars_accept_every_schema_answer(real_tokenizer):
         assert not rejected, (name, rejected[:3])
         assert not accepts(grammar, answers[0].replace('"add"', '"put"')), name  # and it is a grammar
         assert not accepts(grammar, answers[0][:-1]), name  # and it wants the whole answer before the end
+    # xgrammar's holds answers to the trained form, spacing included
+    assert not accepts(grammars["xgrammar"], json.dumps(json.loads(answers[0]), separators=(",", ":")))
