@@ -311,6 +311,11 @@ def add_kl(metrics: dict, engine, variant: Variant, rows: list[dict], cfg: EvalC
         metrics["llama_perplexity"] = llama_perplexity(variant, rows, cfg)
 
 
+def answer_text(rows: list[dict]) -> str:
+    """Requests and their answers as plain text, one after the other: what llama-perplexity's KL reads."""
+    return "".join(f"{row['text']}\n{intent_of(row).to_json()}\n" for row in rows)
+
+
 def llama_perplexity(variant: Variant, rows: list[dict], cfg: EvalConfig) -> dict:
     """llama-perplexity's KL of a GGUF level from the F16 file over eval requests and their answers."""
     if not F16_FILE.is_file():
@@ -319,7 +324,7 @@ def llama_perplexity(variant: Variant, rows: list[dict], cfg: EvalConfig) -> dic
         return {"skipped": "the F16 file is the reference"}
     import llama_cpp
 
-    text = "".join(f"{row['text']}\n{intent_of(row).to_json()}\n" for row in rows[: cfg.perplexity_rows])
+    text = answer_text(rows[: cfg.perplexity_rows])
     tokens = len(llama_cpp.Llama(str(F16_FILE), vocab_only=True, verbose=False).tokenize(text.encode()))
     context = min(cfg.perplexity_context, tokens // 2)  # it needs at least two chunks
     if context < 32:
