@@ -96,7 +96,7 @@ class GgufConfig(Section):
     SECTION: ClassVar[str] = "gguf"
     levels: list = field(default_factory=lambda: ["Q3_K_M", "Q3_K_M-imat", "IQ4_XS", "Q4_K_M", "Q5_K_M", "Q8_0"])
     threads: int = 2
-    imatrix_rows: int = 1000  # training requests (prompt + answer) the importance matrix is computed over
+    imatrix_rows: int = 300  # training requests (prompt + answer) the importance matrix is computed over
     imatrix_context: int = 512  # tokens per chunk llama-imatrix evaluates
 
     def __post_init__(self):
