@@ -169,3 +169,12 @@ def test_fast_reader_reads_what_gguf_py_reads(wide_f16):
         assert all((a == b).all() for a, b in zip(field.parts, plain.fields[name].parts, strict=True)), name
     tensors = [(t.name, t.tensor_type, int(t.n_bytes), bytes(t.data[:64])) for t in fast.tensors]
     assert tensors == [(t.name, t.tensor_type, int(t.n_bytes), bytes(t.data[:64])) for t in plain.tensors]
+
+
+@pytest.mark.parametrize("argv", [["--rows", "0"], ["--rows", "300,a"], ["--source", "F32"], ["--source", ""]])
+def test_imatrix_budget_rejects_bad_arguments_before_any_work(argv, capsys):
+    from tools.imatrix_budget import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and "expected" in capsys.readouterr().err

@@ -73,11 +73,12 @@ def main(argv: list[str] | None = None) -> str:
         raise ParamError(f"params.yaml: gguf.levels: {gguf.levels} has no level that uses the importance matrix")
     tokenizer = AutoTokenizer.from_pretrained(MERGED_DIR)
     train_rows = read_jsonl(TRAIN_FILE)
-    text = answer_text(read_jsonl(VALIDATION_FILE)[: ev.perplexity_rows])
+    validation = read_jsonl(VALIDATION_FILE)[: ev.perplexity_rows]
+    text = answer_text(validation)
     context, threads = ev.perplexity_context, gguf.threads
     result = {
         "levels": levels,
-        "validation_rows": min(ev.perplexity_rows, len(read_jsonl(VALIDATION_FILE))),
+        "validation_rows": len(validation),
         "perplexity_context": context,
         "imatrix_context": gguf.imatrix_context,
         "threads": threads,
