@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> str:
     }
     with tempfile.TemporaryDirectory(prefix="imatrix-budget-") as scratch:
         scratch = Path(scratch)
-        for plain in sorted({file_type(level) for level in levels if not file_type(level).startswith("IQ")}):
+        # the floor: each -imat level's own type without a matrix (IQ types and the like have none to compare)
+        for plain in sorted({file_type(level) for level in levels if not uses_imatrix(file_type(level))}):
             path = scratch / f"{plain}.gguf"
             quantize(F16_FILE, path, plain, threads)
             result["without_imatrix"][plain] = kl(path, text, context, threads)
@@ -97,12 +98,14 @@ def main(argv: list[str] | None = None) -> str:
         if "Q8_0" in args.source:
             sources["Q8_0"] = scratch / "Q8_0.gguf"
             quantize(F16_FILE, sources["Q8_0"], "Q8_0", threads)
+        calibrations = {}  # one text per row count, read by every source
+        for rows in args.rows:
+            calibrations[rows] = scratch / f"calibration-{rows}.txt"
+            atomic_write_text(calibrations[rows], calibration_text(train_rows[:rows], tokenizer))
         for name in args.source:
             for rows in args.rows:
-                calibration = scratch / f"calibration-{rows}.txt"
-                atomic_write_text(calibration, calibration_text(train_rows[:rows], tokenizer))
                 matrix = scratch / f"imatrix-{name}-{rows}.gguf"
-                seconds, _ = compute(sources[name], calibration, matrix, gguf.imatrix_context, threads)
+                seconds, _ = compute(sources[name], calibrations[rows], matrix, gguf.imatrix_context, threads)
                 run = {"source": name, "rows": min(rows, len(train_rows)), "imatrix_seconds": round(seconds, 1)}
                 for level in levels:
                     path = scratch / f"{level}-{name}-{rows}.gguf"
