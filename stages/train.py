@@ -55,6 +55,10 @@ AUTO_STEPS = {"float32": 250, "bfloat16": 650, "float16": 500}
 # at 650 bf16 steps (Xeon and H200, the slice dev set); float16 (500 GPU steps) takes the nearest budget's
 AUTO_LEARNING_RATES = {"float32": 2e-3, "bfloat16": 1e-3, "float16": 1e-3}
 ATTENTIONS = ("auto", "eager", "sdpa")
+# peft's init_lora_weights for each train.lora_init: default starts the adapter as a no-op (A random, B
+# zero); pissa and olora start it on the top singular vectors / a QR factor of each weight and train
+# that part, the rest frozen (the saved adapter is converted back to one on the unchanged base)
+LORA_INITS = {"default": True, "pissa": "pissa", "olora": "olora"}
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 
@@ -83,6 +87,7 @@ class TrainConfig(Section):
     target_modules: list = field(default_factory=lambda: list(LINEAR_PROJECTIONS))
     # adapt only the top N decoder layers (0: all): backpropagation then stops at the lowest adapted one
     lora_top_layers: int = 0
+    lora_init: str = "default"  # default | pissa (arXiv 2404.02948) | olora (arXiv 2406.01775): LORA_INITS
     # LoRA+: the B matrices learn this many times faster than the A matrices (1: plain LoRA); 4 scored
     # 5 points above 1 on validation with two seeds, in the same minutes
     loraplus_lr_ratio: float = 4.0
@@ -143,7 +148,8 @@ class TrainConfig(Section):
         )
         check(self.neftune_alpha >= 0, "neftune_alpha", "a number >= 0 (0: off)", self.neftune_alpha)
         check(self.loraplus_lr_ratio >= 1, "loraplus_lr_ratio", "a number >= 1 (1: plain LoRA)", self.loraplus_lr_ratio)
-        for name, off in (("lora_top_layers", 0), ("loraplus_lr_ratio", 1)):
+        check(self.lora_init in LORA_INITS, "lora_init", ", ".join(LORA_INITS), self.lora_init)
+        for name, off in (("lora_top_layers", 0), ("loraplus_lr_ratio", 1), ("lora_init", "default")):
             check(
                 self.method == "lora" or getattr(self, name) == off,
                 name,
@@ -432,6 +438,7 @@ def lora_config(cfg: TrainConfig, n_layers: int):
         lora_dropout=cfg.lora_dropout,
         target_modules=list(cfg.target_modules),
         layers_to_transform=top_layers(n_layers, cfg.lora_top_layers),
+        init_lora_weights=LORA_INITS[cfg.lora_init],
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -626,6 +633,13 @@ def sort_target_modules(adapter_dir: Path) -> None:
             config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def save_initial_adapter(model, folder: Path) -> None:
+    """The adapter as pissa or olora initialised it, before any step: saving the trained one against it
+    turns it into a plain adapter on the unchanged base (rank 2r), which merge and users load as any other."""
+    model.peft_config["default"].init_lora_weights = True  # loading it must not decompose the weights again
+    model.save_pretrained(folder)
+
+
 def train(
     cfg: TrainConfig,
     base_dir: Path = BASE_DIR,
@@ -666,6 +680,10 @@ def train(
         peft_config=lora_config(cfg, model.config.num_hidden_layers) if cfg.method == "lora" else None,
         callbacks=all_callbacks,
     )
+    initial_adapter = None
+    if cfg.method == "lora" and cfg.lora_init != "default":  # saved again on a resume: the same decomposition
+        initial_adapter = checkpoint_dir / "initial-adapter"
+        save_initial_adapter(trainer.model, initial_adapter)
     start = time.perf_counter()
     # peft casts each LoRA input to the adapter's float32 and autocast casts it straight back to bf16: two
     # copies per adapted layer and pass (12% of a profiled bf16 step, within the step bench's noise) for
@@ -680,7 +698,8 @@ def train(
     seconds = time.perf_counter() - start
     if trainer.is_world_process_zero():
         with atomic_dir(adapter_dir) as tmp:
-            trainer.model.save_pretrained(tmp)
+            conversion = {"path_initial_model_for_weight_conversion": str(initial_adapter)} if initial_adapter else {}
+            trainer.model.save_pretrained(tmp, **conversion)
             tokenizer.save_pretrained(tmp)
             sort_target_modules(Path(tmp))
         if live_dir:

@@ -161,6 +161,11 @@ def test_unknown_target_module(tiny_model_dir, train_file, tmp_path):
         ({"lora_top_layers": -1}, "train.lora_top_layers: expected an integer >= 0 (0: every layer)"),
         ({"loraplus_lr_ratio": 0.5}, "train.loraplus_lr_ratio: expected a number >= 1 (1: plain LoRA)"),
         ({"method": "full"}, "train.loraplus_lr_ratio: expected 1 with method full"),  # the LoRA+ default
+        ({"lora_init": "kaiming"}, "train.lora_init: expected default, pissa, olora"),
+        (
+            {"method": "full", "loraplus_lr_ratio": 1, "lora_init": "pissa"},
+            "train.lora_init: expected default with method full",
+        ),
         (
             {"method": "full", "lora_top_layers": 12, "loraplus_lr_ratio": 1},
             "train.lora_top_layers: expected 0 with method full",
@@ -604,3 +609,32 @@ def test_learning_curve_scores_validation_rows_at_the_asked_steps(tiny_model_dir
     assert points[0]["train_seconds"] <= points[1]["train_seconds"]
     with pytest.raises(ParamError, match="--at: expected positive step numbers"):
         parse_steps("0,x")
+
+
+class FinalLogits(TrainerCallback):
+    """The trained model's logits on a fixed input, as training leaves it in memory."""
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        with torch.no_grad():
+            self.logits = model(input_ids=torch.tensor([[1, 2, 3, 4]])).logits.clone()
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_a_mutated_init_is_saved_as_a_plain_adapter_that_merges_into_the_trained_model(
+    tiny_model_dir, train_file, tmp_path, init
+):
+    from transformers import AutoModelForCausalLM
+
+    from stages.merge import MergeConfig, merge
+
+    final = FinalLogits()
+    run(tiny_model_dir, train_file, tmp_path, tiny_cfg(lora_init=init, max_steps=3), [final])
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["init_lora_weights"] is True and config["r"] == 2 * 8  # [A | A0] x [B | -B0]: on the unchanged base
+    merged, _, _ = merge(MergeConfig(), base_dir=tiny_model_dir, adapter_dir=tmp_path / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        merged_logits = merged(input_ids=torch.tensor([[1, 2, 3, 4]])).logits
+        base_logits = base(input_ids=torch.tensor([[1, 2, 3, 4]])).logits
+    assert not torch.allclose(final.logits, base_logits, atol=1e-3)  # training moved it
+    torch.testing.assert_close(merged_logits, final.logits, atol=1e-4, rtol=1e-4)
