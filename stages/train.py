@@ -681,7 +681,7 @@ def train(
         callbacks=all_callbacks,
     )
     initial_adapter = None
-    if cfg.method == "lora" and cfg.lora_init != "default":  # saved again on a resume: the same decomposition
+    if cfg.lora_init != "default":  # (only with method lora: TrainConfig refuses it with full); saved again on a resume
         initial_adapter = checkpoint_dir / "initial-adapter"
         save_initial_adapter(trainer.model, initial_adapter)
     start = time.perf_counter()
