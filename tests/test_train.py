@@ -638,3 +638,25 @@ def test_a_mutated_init_is_saved_as_a_plain_adapter_that_merges_into_the_trained
         base_logits = base(input_ids=torch.tensor([[1, 2, 3, 4]])).logits
     assert not torch.allclose(final.logits, base_logits, atol=1e-3)  # training moved it
     torch.testing.assert_close(merged_logits, final.logits, atol=1e-4, rtol=1e-4)
+
+
+def test_a_pissa_run_resumed_from_its_checkpoint_merges_into_the_uninterrupted_model(
+    tiny_model_dir, train_file, tmp_path
+):
+    """A resume decomposes the base again and loads the trained adapter on that residual: it must be the
+    residual the first run trained on, and the initial adapter saved again must be the first run's."""
+    from stages.merge import MergeConfig, merge
+
+    cfg = tiny_cfg(lora_init="pissa", max_steps=6, save_steps=3)
+    straight = FinalLogits()
+    run(tiny_model_dir, train_file, tmp_path / "straight", cfg, [straight])
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_model_dir, train_file, tmp_path / "cut", cfg, [StopAt(4)])
+    resumed = FinalLogits()
+    summary = run(tiny_model_dir, train_file, tmp_path / "cut", cfg, [resumed])
+    assert summary["resumed"] and summary["steps_this_run"] == 3
+    torch.testing.assert_close(resumed.logits, straight.logits, atol=1e-4, rtol=1e-4)
+    merged, _, _ = merge(MergeConfig(), base_dir=tiny_model_dir, adapter_dir=tmp_path / "cut" / "adapter")
+    with torch.no_grad():
+        merged_logits = merged(input_ids=torch.tensor([[1, 2, 3, 4]])).logits
+    torch.testing.assert_close(merged_logits, straight.logits, atol=1e-4, rtol=1e-4)
