@@ -144,6 +144,9 @@ class Front(ThreadingHTTPServer):
 
 class FrontHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY: an answer goes out as two writes (headers, then body), and with Nagle's algorithm the
+    # body waits for the client's delayed ACK of the headers: +41-46 ms on a 235 ms single request here
+    disable_nagle_algorithm = True
     server: Front
 
     def _send(self, status: int, data: bytes) -> None:

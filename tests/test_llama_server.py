@@ -140,6 +140,34 @@ def test_requests_are_checked_and_completed_with_the_system_prompt_and_the_schem
             checked_request(body, schema, 48)
 
 
+def test_the_front_sends_each_answer_without_waiting_for_an_ack():
+    """An answer is two writes (headers, body); under Nagle's algorithm the body waits for the client's
+    delayed ACK (~40 ms a request). Every connection the front accepts must have TCP_NODELAY set."""
+    import socket
+    import threading
+    import types
+
+    from ecommerce_slm.serving import Front, FrontHandler
+
+    seen = []
+
+    class Recording(FrontHandler):
+        def setup(self):
+            super().setup()
+            seen.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    front = Front(0, types.SimpleNamespace(port=9), answer_schema(), 48)  # the backend is never asked
+    front.RequestHandlerClass = Recording
+    threading.Thread(target=front.serve_forever, daemon=True).start()
+    try:
+        status, body = post(f"http://127.0.0.1:{front.server_address[1]}/nowhere", b"{}")
+    finally:
+        front.shutdown()
+        front.server_close()
+    assert status == 404 and "not found" in body["error"]["message"]
+    assert seen and all(seen)
+
+
 def post(url: str, body: bytes) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
     try:
