@@ -3,8 +3,11 @@
 
 import json
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import types
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,7 +21,15 @@ from ecommerce_slm.evaluation import EvalConfig, catalog_products, decode, pick_
 from ecommerce_slm.files import read_jsonl
 from ecommerce_slm.llama_tools import LlamaServer, LlamaToolError, tool
 from ecommerce_slm.paths import DEFAULT_CATALOG, HANDWRITTEN_FILE
-from ecommerce_slm.serving import BadRequest, LoadTestConfig, ServeConfig, Service, checked_request
+from ecommerce_slm.serving import (
+    BadRequest,
+    Front,
+    FrontHandler,
+    LoadTestConfig,
+    ServeConfig,
+    Service,
+    checked_request,
+)
 from ecommerce_slm.task import SYSTEM_PROMPT, answer_schema, few_shot_messages, validate_row
 from stages.load_test import measure
 from tools.engine_agreement import agreement
@@ -143,12 +154,6 @@ def test_requests_are_checked_and_completed_with_the_system_prompt_and_the_schem
 def test_the_front_sends_each_answer_without_waiting_for_an_ack():
     """An answer is two writes (headers, body); under Nagle's algorithm the body waits for the client's
     delayed ACK (~40 ms a request). Every connection the front accepts must have TCP_NODELAY set."""
-    import socket
-    import threading
-    import types
-
-    from ecommerce_slm.serving import Front, FrontHandler
-
     seen = []
 
     class Recording(FrontHandler):
