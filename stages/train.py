@@ -35,7 +35,7 @@ import torch
 from ecommerce_slm.allocator import in_use as allocator_in_use
 from ecommerce_slm.cli import stage_main
 from ecommerce_slm.files import atomic_dir, read_jsonl, write_json
-from ecommerce_slm.machine import native_bf16
+from ecommerce_slm.machine import cpu_info, native_bf16
 from ecommerce_slm.params import ParamError, Section, check, is_pos_int, is_rate, yaml_number
 from ecommerce_slm.paths import (
     ADAPTER_DIR,
@@ -50,10 +50,14 @@ from ecommerce_slm.task import completion_messages, intent_of, prompt_messages
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LINEAR_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-AUTO_STEPS = {"float32": 250, "bfloat16": 650, "float16": 500}
-# the best measured rate for each dtype's step budget: 2e-3 at 220 float32 steps (EPYC, validation; kept at 250), 1e-3
-# at 650 bf16 steps (Xeon and H200, the slice dev set); float16 (500 GPU steps) takes the nearest budget's
-AUTO_LEARNING_RATES = {"float32": 2e-3, "bfloat16": 1e-3, "float16": 1e-3}
+# `max_steps: auto` and `learning_rate: auto` are looked up by step budget, the compute dtype and, for bf16 on a
+# CPU, what does its matmuls: AMX's tile units (1.1 s a step on a Xeon) or AVX512_BF16's vector dot products alone
+# (1.3-1.5 s on an AMD Zen 4), so that each class trains for the same ~12-14 minutes
+STEP_BUDGETS = ("float32", "bfloat16", "bfloat16_avx512", "float16")
+AUTO_STEPS = {"float32": 250, "bfloat16": 650, "bfloat16_avx512": 500, "float16": 500}
+# the best measured rate for each budget: 2e-3 at 220 float32 steps (EPYC, validation; kept at 250), 1e-3
+# at 650 bf16 steps (Xeon and H200, the slice dev set); 500 steps (Zen 4's bf16, GPU float16) take the nearest budget's
+AUTO_LEARNING_RATES = {"float32": 2e-3, "bfloat16": 1e-3, "bfloat16_avx512": 1e-3, "float16": 1e-3}
 ATTENTIONS = ("auto", "eager", "sdpa")
 # peft's init_lora_weights for each train.lora_init: default starts the adapter as a no-op (A random, B
 # zero); pissa and olora start it on the top singular vectors / a QR factor of each weight and train
@@ -92,13 +96,14 @@ class TrainConfig(Section):
     # 5 points above 1 on validation with two seeds, in the same minutes
     loraplus_lr_ratio: float = 4.0
     epochs: float = 1.0
-    # > 0 overrides epochs; -1 trains for `epochs`; auto: auto_steps of the compute dtype chosen
+    # > 0 overrides epochs; -1 trains for `epochs`; auto: auto_steps of this machine's step budget (STEP_BUDGETS)
     max_steps: Any = "auto"
-    # what fits the same ~12-14 minutes on 2 cores: float32 (AVX2) 3.7 s/step, bfloat16 (AMX) 1.1 s/step
+    # what fits the same ~12-14 minutes on 2 cores: float32 (AVX2) 2.9-3.4 s/step, bfloat16 (AMX) 1.1 s/step,
+    # bfloat16_avx512 (AVX512_BF16 without AMX) 1.3-1.5 s/step
     auto_steps: dict = field(default_factory=lambda: dict(AUTO_STEPS))
     batch_size: int = 8
     gradient_accumulation: int = 1
-    learning_rate: Any = "auto"  # auto: auto_learning_rate of the compute dtype chosen | a number in (0, 1)
+    learning_rate: Any = "auto"  # auto: auto_learning_rate of this machine's step budget | a number in (0, 1)
     auto_learning_rate: dict = field(default_factory=lambda: dict(AUTO_LEARNING_RATES))
     scheduler: str = "cosine"
     warmup_ratio: float = 0.05
@@ -164,9 +169,9 @@ class TrainConfig(Section):
             self.max_steps,
         )
         check(
-            set(self.auto_steps) == set(DTYPES) and all(map(is_pos_int, self.auto_steps.values())),
+            set(self.auto_steps) == set(STEP_BUDGETS) and all(map(is_pos_int, self.auto_steps.values())),
             "auto_steps",
-            f"a step count (positive integer) for each of {', '.join(DTYPES)}",
+            f"a step count (positive integer) for each of {', '.join(STEP_BUDGETS)}",
             self.auto_steps,
         )
         for name in (
@@ -194,10 +199,10 @@ class TrainConfig(Section):
             self.learning_rate,
         )
         check(
-            set(self.auto_learning_rate) == set(DTYPES)
+            set(self.auto_learning_rate) == set(STEP_BUDGETS)
             and all(map(is_unit_interval, self.auto_learning_rate.values())),
             "auto_learning_rate",
-            f"a learning rate in (0, 1) for each of {', '.join(DTYPES)}",
+            f"a learning rate in (0, 1) for each of {', '.join(STEP_BUDGETS)}",
             self.auto_learning_rate,
         )
         check(
@@ -228,6 +233,17 @@ def resolve_compute_dtype(name: str, cpu_flags: list[str] | None = None) -> str:
         return name
     device = "cuda" if cpu_flags is None and torch.cuda.is_available() else "cpu"
     return "bfloat16" if native_bf16(device, cpu_flags) else "float32"
+
+
+def step_budget(compute_dtype: str, cpu_flags: list[str] | None = None) -> str:
+    """The entry of `auto_steps` and `auto_learning_rate` a run takes: its compute dtype, except bf16 on a CPU
+    without AMX (AVX512_BF16 alone, as on AMD Zen 4), whose step costs 1.3x an AMX one: 650 steps there took
+    over the 15 minutes (docs/measurements.md "Steps per machine class")."""
+    on_gpu = cpu_flags is None and torch.cuda.is_available()
+    flags = cpu_info()["flags"] if cpu_flags is None else cpu_flags
+    if compute_dtype == "bfloat16" and not on_gpu and "amx_bf16" not in flags:
+        return "bfloat16_avx512"
+    return compute_dtype
 
 
 def resolve_attention(name: str, compute_dtype: str, on_gpu: bool) -> str:
@@ -264,13 +280,14 @@ def c_compiler() -> str | None:
 
 def resolve(cfg: TrainConfig, cpu_flags: list[str] | None = None) -> TrainConfig:
     """The config with its `auto` values decided for this machine: the compute dtype first, then the
-    attention, the steps that dtype affords and the learning rate for that many steps. The step count
-    depends on the machine class, as the dtype does: on an AVX2 CPU float32 steps cost 2.7x bf16 steps on
-    one with AMX, and the learning curve rises with every step (docs/measurements.md), so each class gets
+    attention, the steps that machine's step budget affords and the learning rate for that many steps. The
+    step count depends on the machine class, as the dtype does: on an AVX2 CPU float32 steps cost 2.7x bf16 steps
+    on one with AMX, and the learning curve rises with every step (docs/measurements.md), so each class gets
     the steps that fit the same minutes; a longer run learns best at a lower rate."""
     dtype = resolve_compute_dtype(cfg.compute_dtype, cpu_flags)
-    steps = cfg.auto_steps[dtype] if cfg.max_steps == "auto" else cfg.max_steps
-    rate = cfg.auto_learning_rate[dtype] if cfg.learning_rate == "auto" else cfg.learning_rate
+    budget = step_budget(dtype, cpu_flags)
+    steps = cfg.auto_steps[budget] if cfg.max_steps == "auto" else cfg.max_steps
+    rate = cfg.auto_learning_rate[budget] if cfg.learning_rate == "auto" else cfg.learning_rate
     on_gpu = cpu_flags is None and torch.cuda.is_available()
     attention = resolve_attention(cfg.attention, dtype, on_gpu)
     has_compiler = c_compiler() is not None
@@ -731,6 +748,7 @@ def train(
         "method": cfg.method,
         "quantization": cfg.quantization,
         "compute_dtype": cfg.compute_dtype,
+        "step_budget": step_budget(cfg.compute_dtype),  # the auto_steps / auto_learning_rate entry of this machine
         "attention": cfg.attention,
         "compile_layers": cfg.compile_layers,
         "learning_rate": cfg.learning_rate,

@@ -8,7 +8,7 @@ import torch
 from transformers import TrainerCallback
 
 from ecommerce_slm.params import ParamError
-from stages.train import TrainConfig, to_prompt_completion, train
+from stages.train import AUTO_STEPS, TrainConfig, to_prompt_completion, train
 
 ROWS = [
     {"text": f"please add {n} {item}", "action": "add", "product": product, "quantity": n}
@@ -280,15 +280,32 @@ def test_compute_dtype_auto_follows_the_cpu(name, flags, expected):
     [
         ("auto", ["avx2", "fma"], ("float32", 11)),  # an AVX2 laptop: float32 steps cost 2.7x
         ("auto", ["avx2", "avx512_bf16", "amx_bf16"], ("bfloat16", 22)),
+        ("auto", ["avx2", "avx512f", "avx512_bf16"], ("bfloat16", 44)),  # AMD Zen 4: bf16 without AMX, 1.3x the step
         (300, ["avx2", "amx_bf16"], ("bfloat16", 300)),  # a number is kept
         (-1, ["avx2"], ("float32", -1)),  # so is "train for `epochs`"
     ],
 )
-def test_auto_steps_follow_the_compute_dtype(max_steps, flags, expected):
+def test_auto_steps_follow_the_machines_step_budget(max_steps, flags, expected):
     from stages.train import resolve
 
-    cfg = resolve(TrainConfig(max_steps=max_steps, auto_steps={"float32": 11, "bfloat16": 22, "float16": 33}), flags)
+    steps = {"float32": 11, "bfloat16": 22, "bfloat16_avx512": 44, "float16": 33}
+    cfg = resolve(TrainConfig(max_steps=max_steps, auto_steps=steps), flags)
     assert (cfg.compute_dtype, cfg.max_steps) == expected
+
+
+@pytest.mark.parametrize(
+    "dtype, flags, expected",
+    [
+        ("float32", ["avx2", "avx512_bf16", "amx_bf16"], "float32"),  # a forced dtype takes its own budget
+        ("bfloat16", ["avx2", "avx512_bf16", "amx_bf16"], "bfloat16"),
+        ("bfloat16", ["avx2", "avx512_bf16"], "bfloat16_avx512"),
+        ("float16", ["avx2"], "float16"),
+    ],
+)
+def test_step_budget_tells_amx_from_avx512_bf16(dtype, flags, expected):
+    from stages.train import step_budget
+
+    assert step_budget(dtype, flags) == expected
 
 
 @pytest.mark.parametrize(
@@ -376,14 +393,15 @@ def test_neftune_alpha_reaches_the_trainer_and_zero_is_off(tmp_path):
     "rate, flags, expected",
     [
         ("auto", ["avx2", "fma"], 0.02),  # float32's 250 steps want a higher rate than bf16's 650
-        ("auto", ["avx2", "avx512_bf16"], 0.01),
+        ("auto", ["avx2", "avx512_bf16", "amx_bf16"], 0.01),
+        ("auto", ["avx2", "avx512_bf16"], 0.04),  # bf16 without AMX: its own, shorter budget
         (0.005, ["avx2", "avx512_bf16"], 0.005),  # a number is kept
     ],
 )
-def test_auto_learning_rate_follows_the_compute_dtype(rate, flags, expected):
+def test_auto_learning_rate_follows_the_step_budget(rate, flags, expected):
     from stages.train import resolve
 
-    rates = {"float32": 0.02, "bfloat16": 0.01, "float16": 0.03}
+    rates = {"float32": 0.02, "bfloat16": 0.01, "bfloat16_avx512": 0.04, "float16": 0.03}
     assert resolve(TrainConfig(learning_rate=rate, auto_learning_rate=rates), flags).learning_rate == expected
 
 
@@ -445,33 +463,34 @@ def test_another_dtypes_step_count_or_learning_rate_does_not_restart_a_run(tmp_p
     (tmp_path / "train.jsonl").write_text("{}\n")
     ids = {
         run_id(
-            resolve(TrainConfig(auto_steps={"float32": 11, "bfloat16": 22, "float16": f16}), ["avx2"]),
+            resolve(TrainConfig(auto_steps={**AUTO_STEPS, "float32": 11, "float16": f16}), ["avx2"]),
             tmp_path / "train.jsonl",
             tmp_path,
         )
         for f16 in (33, 44)
     }
-    changed = resolve(TrainConfig(auto_steps={"float32": 12, "bfloat16": 22, "float16": 33}), ["avx2"])
+    changed = resolve(TrainConfig(auto_steps={**AUTO_STEPS, "float32": 12, "float16": 33}), ["avx2"])
     assert len(ids) == 1 and run_id(changed, tmp_path / "train.jsonl", tmp_path) not in ids
     rate_ids = [
         run_id(resolve(TrainConfig(auto_learning_rate=rates), ["avx2"]), tmp_path / "train.jsonl", tmp_path)
         for rates in (
-            {"float32": 2e-3, "bfloat16": 1e-3, "float16": 1e-3},
-            {"float32": 2e-3, "bfloat16": 5e-4, "float16": 2e-3},  # other dtypes' rates: the same run
-            {"float32": 3e-3, "bfloat16": 1e-3, "float16": 1e-3},  # this dtype's: another run
+            {"float32": 2e-3, "bfloat16": 1e-3, "bfloat16_avx512": 1e-3, "float16": 1e-3},
+            {"float32": 2e-3, "bfloat16": 5e-4, "bfloat16_avx512": 3e-4, "float16": 2e-3},  # others': same run
+            {"float32": 3e-3, "bfloat16": 1e-3, "bfloat16_avx512": 1e-3, "float16": 1e-3},  # this one's: another run
         )
     ]
     assert rate_ids[0] == rate_ids[1] != rate_ids[2]
 
 
 def test_auto_steps_are_what_a_run_trains(tiny_model_dir, train_file, tmp_path):
-    from stages.train import resolve_compute_dtype
+    from stages.train import resolve_compute_dtype, step_budget
 
-    steps = {"float32": 2, "bfloat16": 3, "float16": 4}
+    steps = {"float32": 2, "bfloat16": 3, "bfloat16_avx512": 5, "float16": 4}
     summary = run(
         tiny_model_dir, train_file, tmp_path, tiny_cfg(max_steps="auto", auto_steps=steps, compute_dtype="auto")
     )
-    assert summary["steps"] == steps[resolve_compute_dtype("auto")] == steps[summary["compute_dtype"]]
+    assert summary["step_budget"] == step_budget(resolve_compute_dtype("auto"))
+    assert summary["steps"] == steps[summary["step_budget"]]
 
 
 def test_train_records_the_dtype_and_attention_it_chose(tiny_model_dir, train_file, tmp_path):

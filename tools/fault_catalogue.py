@@ -218,7 +218,7 @@ def params_cases() -> Iterator[Case]:
     for key, name, value in (
         ("train.learning_rate", "a-word", "lots"),
         ("train.learning_rate", "bool-for-number", True),
-        ("train.auto_learning_rate", "a-dtype-missing", {"float32": 0.002}),
+        ("train.auto_learning_rate", "a-budget-missing", {"float32": 0.002}),
     ):
         module, argv = SECTION_STAGE["train"]
         yield Case(
