@@ -647,7 +647,9 @@ def test_a_mutated_init_is_saved_as_a_plain_adapter_that_merges_into_the_trained
     from stages.merge import MergeConfig, merge
 
     final = FinalLogits()
-    run(tiny_model_dir, train_file, tmp_path, tiny_cfg(lora_init=init, max_steps=3), [final])
+    # float32 on every CPU: trained in bf16 (auto, on AVX512_BF16) the model in memory differs from the float32
+    # merge by bf16's rounding (5e-3), which would hide the conversion error this test looks for
+    run(tiny_model_dir, train_file, tmp_path, tiny_cfg(lora_init=init, max_steps=3, compute_dtype="float32"), [final])
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["init_lora_weights"] is True and config["r"] == 2 * 8  # [A | A0] x [B | -B0]: on the unchanged base
     merged, _, _ = merge(MergeConfig(), base_dir=tiny_model_dir, adapter_dir=tmp_path / "adapter")
@@ -666,7 +668,7 @@ def test_a_pissa_run_resumed_from_its_checkpoint_merges_into_the_uninterrupted_m
     residual the first run trained on, and the initial adapter saved again must be the first run's."""
     from stages.merge import MergeConfig, merge
 
-    cfg = tiny_cfg(lora_init="pissa", max_steps=6, save_steps=3)
+    cfg = tiny_cfg(lora_init="pissa", max_steps=6, save_steps=3, compute_dtype="float32")  # as above: exact merges
     straight = FinalLogits()
     run(tiny_model_dir, train_file, tmp_path / "straight", cfg, [straight])
     with pytest.raises(KeyboardInterrupt):
