@@ -278,10 +278,18 @@ def kl_text(kl: float | None) -> str:
     return "-" if kl is None else f"{kl:.2g}"  # significant digits: KL spans 1e-6 to 1
 
 
+def instruction_sets(flags: list[str]) -> str:
+    """The CPU features that decide this project's kernels and step budgets, for the report's first line: "AMD EPYC"
+    names an AVX2-only Zen 2 and an AVX512_BF16 Zen 4 alike, whose training steps differ 2x."""
+    named = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512_BF16", "amx_bf16": "AMX"}
+    found = [label for flag, label in named.items() if flag in flags]
+    return ", ".join(found or ["no AVX2"]) + ("" if "amx_bf16" in flags else ", no AMX")
+
+
 def markdown(summary: dict) -> str:
     hw = summary["hardware"]
     lines = [
-        f"Measured on {hw['cpu']['model']} ({hw['usable_cpus']} CPUs, {summary['threads']} threads used, "
+        f"Measured on {hw['cpu']['model']} ({instruction_sets(hw['cpu']['flags'])}; {hw['usable_cpus']} CPUs, {summary['threads']} threads used, "
         f"{hw['ram_gib']} GiB RAM, GPU: {hw['gpu']['name'] if hw['gpu'] else 'none'}; copy bandwidth "
         f"{hw['memory_bandwidth']['best_gb_per_s']} GB/s), torch {hw['versions']['torch']}, llama-cpp-python "
         f"{hw['versions']['llama_cpp_python']}. Exact match on {summary['eval_rows']} eval requests; speed: median of "

@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 
 from ecommerce_slm.machine import fingerprint
-from stages.report import AXES, ReportError, build_summary, pareto_data, vega_spec, write_report
+from stages.report import AXES, ReportError, build_summary, instruction_sets, pareto_data, vega_spec, write_report
 from tools.browser_check import BrowserError, check_pages, find_chromium
 
 TEMPLATE_DIR = ROOT / ".dvc" / "plots"
@@ -121,6 +121,13 @@ def test_results_from_two_machines_are_never_mixed(tmp_path):
         build_summary(metrics, list(VARIANTS), "free")
 
 
+def test_instruction_sets_tell_the_three_cpu_classes_apart():
+    assert instruction_sets(["avx2", "f16c", "fma"]) == "AVX2, no AMX"  # Zen 2: float32 training
+    assert instruction_sets(["avx2", "avx512_bf16", "avx512f"]) == "AVX2, AVX-512, AVX512_BF16, no AMX"  # Zen 4
+    assert instruction_sets(["amx_bf16", "avx2", "avx512_bf16", "avx512f"]) == "AVX2, AVX-512, AVX512_BF16, AMX"
+    assert instruction_sets([]) == "no AVX2, no AMX"
+
+
 def test_plot_data_marks_frontier_and_dominated():
     rows = [
         {"variant": "a", "peak_rss_mib": 100.0, "exact_match": 0.5},
@@ -157,6 +164,8 @@ def test_write_report_makes_table_plot_data_and_images(tmp_path):
     assert "| Q4_K_M | 140.0 / 147.0 (0.95) | 500 / 520 (0.96) | 0.0035 | 0.007 | 0.970 |" in table
     assert "| Q4_K_M | 0.560 | 0.570 | 0.660 | 0.570 |" in table and "skipped: OPENAI_API_KEY is not set" in table
     assert "| Q4_K_M | 0.900 / 0.900 | 0.700 / 0.700 |" in table  # per language: generated / handwritten
+    # the first line names the CPU class, not only its model name
+    assert table.startswith(f"Measured on {HARDWARE['cpu']['model']} ({instruction_sets(HARDWARE['cpu']['flags'])}; ")
     png = (tmp_path / "reports" / "product_confusions.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["product_confusions"] == [
