@@ -289,7 +289,8 @@ def instruction_sets(flags: list[str]) -> str:
 def markdown(summary: dict) -> str:
     hw = summary["hardware"]
     lines = [
-        f"Measured on {hw['cpu']['model']} ({instruction_sets(hw['cpu']['flags'])}; {hw['usable_cpus']} CPUs, {summary['threads']} threads used, "
+        f"Measured on {hw['cpu']['model']} ({instruction_sets(hw['cpu']['flags'])}; {hw['usable_cpus']} CPUs, "
+        f"{summary['threads']} threads used, "
         f"{hw['ram_gib']} GiB RAM, GPU: {hw['gpu']['name'] if hw['gpu'] else 'none'}; copy bandwidth "
         f"{hw['memory_bandwidth']['best_gb_per_s']} GB/s), torch {hw['versions']['torch']}, llama-cpp-python "
         f"{hw['versions']['llama_cpp_python']}. Exact match on {summary['eval_rows']} eval requests; speed: median of "

@@ -52,7 +52,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 LINEAR_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # `max_steps: auto` and `learning_rate: auto` are looked up by step budget, the compute dtype and, for bf16 on a
 # CPU, what does its matmuls: AMX's tile units (1.1 s a step on a Xeon) or AVX512_BF16's vector dot products alone
-# (1.3-1.5 s on an AMD Zen 4), so that each class trains for the same ~12-14 minutes
+# (1.2-1.5 s on an AMD Zen 4), so that each class trains for the same ~12-14 minutes
 STEP_BUDGETS = ("float32", "bfloat16", "bfloat16_avx512", "float16")
 AUTO_STEPS = {"float32": 250, "bfloat16": 650, "bfloat16_avx512": 500, "float16": 500}
 # the best measured rate for each budget: 2e-3 at 220 float32 steps (EPYC, validation; kept at 250), 1e-3
@@ -99,7 +99,7 @@ class TrainConfig(Section):
     # > 0 overrides epochs; -1 trains for `epochs`; auto: auto_steps of this machine's step budget (STEP_BUDGETS)
     max_steps: Any = "auto"
     # what fits the same ~12-14 minutes on 2 cores: float32 (AVX2) 2.9-3.4 s/step, bfloat16 (AMX) 1.1 s/step,
-    # bfloat16_avx512 (AVX512_BF16 without AMX) 1.3-1.5 s/step
+    # bfloat16_avx512 (AVX512_BF16 without AMX) 1.2-1.5 s/step
     auto_steps: dict = field(default_factory=lambda: dict(AUTO_STEPS))
     batch_size: int = 8
     gradient_accumulation: int = 1
@@ -237,8 +237,8 @@ def resolve_compute_dtype(name: str, cpu_flags: list[str] | None = None) -> str:
 
 def step_budget(compute_dtype: str, cpu_flags: list[str] | None = None) -> str:
     """The entry of `auto_steps` and `auto_learning_rate` a run takes: its compute dtype, except bf16 on a CPU
-    without AMX (AVX512_BF16 alone, as on AMD Zen 4), whose step costs 1.3x an AMX one: 650 steps there took
-    over the 15 minutes (docs/measurements.md "Steps per machine class")."""
+    without AMX (AVX512_BF16 alone, as on AMD Zen 4), whose step costs 1.1-1.35x an AMX one: 650 steps there
+    would take 775-970 s against the 900 s budget (docs/measurements.md "A fresh clone on an AMD Zen 4")."""
     on_gpu = cpu_flags is None and torch.cuda.is_available()
     flags = cpu_info()["flags"] if cpu_flags is None else cpu_flags
     if compute_dtype == "bfloat16" and not on_gpu and "amx_bf16" not in flags:
