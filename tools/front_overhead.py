@@ -3,9 +3,9 @@
     python -m tools.front_overhead --requests 40 --rounds 2 --out docs/front_overhead.json
     python -m tools.front_overhead --nagle ...   # the front as it was before TCP_NODELAY, for comparison
 
-One client, one request at a time: each round sends every request through the front, then straight to\nllama-server (or the other way round, in turn).
-The backend gets exactly the body the front would forward (serving.checked_request). JSON, not a test:
-latency on a shared 2-core VM moves between hours.
+One client, one request at a time: each round sends every request through the front, then straight to
+llama-server (or the other way round, in turn). The backend gets exactly the body the front would forward
+(serving.checked_request). JSON, not a test: latency on a shared 2-core VM moves between hours.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> str:
             "front": bodies,
             "backend": [json.dumps(checked_request(b, service.schema, cfg.max_tokens)).encode() for b in bodies],
         }
-        block(ports["front"], bodies[:5]), block(ports["backend"], sent["backend"][:5])  # warm-up
+        for way in ports:  # warm-up: the first requests pay for loading and allocation
+            block(ports[way], sent[way][:5])
         for number in range(args.rounds):
             # each way in its own block, in turn first: a request sent right after the same one the other
             # way would find its whole prompt in llama-server's slot cache (~60 ms less prompt work here)
