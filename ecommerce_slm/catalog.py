@@ -26,6 +26,7 @@ class Forms:
     gender: str = "m"
     article: str = ""
     bare: str = ""  # a plural-looking name meaning one item ("socks", "čarape", "los calcetines"): quantity 1
+    nominative: str = ""  # hr: the nominative singular, the subject of "treba mi ..." (one is the accusative)
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Product:
     def all_surface_forms(self, language: str) -> list[str]:
         out = []
         for f in self.forms.get(language, ()):
-            out += [x for x in (f.one, f.few, f.many, f.bare) if x]
+            out += [x for x in dict.fromkeys((f.one, f.nominative, f.few, f.many, f.bare)) if x]
         return out
 
 
@@ -104,8 +105,30 @@ def _parse_forms(value, language: str, where: str) -> tuple[Forms, ...]:
             raise CatalogError(f"{where}: missing form(s) {missing}")
         if language in GENDERS and item["gender"] not in GENDERS[language]:
             raise CatalogError(f"{where}.gender: expected one of {list(GENDERS[language])}, got {item['gender']!r}")
-        unknown = set(item) - {"one", "few", "many", "gender", "article", "bare"}
+        unknown = set(item) - {"one", "few", "many", "gender", "article", "bare", "nominative"}
         if unknown:
             raise CatalogError(f"{where}: unknown key(s) {sorted(unknown)}")
-        parsed.append(Forms(**{k: str(v) for k, v in item.items()}))
+        forms = {k: str(v) for k, v in item.items()}
+        if language == "hr":
+            forms["nominative"] = forms.get("nominative") or croatian_nominative(forms["one"], forms["gender"])
+        parsed.append(Forms(**forms))
     return tuple(parsed)
+
+
+CROATIAN_PREPOSITIONS = frozenset({"za", "u", "s", "sa", "od", "na", "bez", "do"})
+
+
+def croatian_nominative(accusative: str, gender: str) -> str:
+    """The nominative singular from the accusative `one`: they differ only for feminine nouns, whose noun and
+    adjectives end in -u where the nominative has -a ("mineralnu vodu" -> "mineralna voda"); words from the
+    first preposition on keep their own case ("pastu za zube" -> "pasta za zube"). catalog.yaml may give
+    `nominative` itself where this rule is wrong."""
+    if gender != "f":
+        return accusative
+    words = accusative.split()
+    for i, word in enumerate(words):
+        if word in CROATIAN_PREPOSITIONS:
+            break
+        if word.endswith("u"):
+            words[i] = word[:-1] + "a"
+    return " ".join(words)

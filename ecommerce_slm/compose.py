@@ -27,6 +27,7 @@ FRAME_KINDS = ("imp", "inf", "statement")
 EXPRESSION_KINDS = ("imperative", "statement")
 FRAMES_OF = {"imperative": ("imp", "inf"), "statement": ("statement",)}  # which frames wrap which expressions
 SLOT_NAMES = ("frame", "expression", "synonym")
+NOMINATIVE_ITEM = "{item_nom}"  # the item as the clause's subject; {item} is its object
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,11 @@ class Expression:
     kind: str  # imperative | statement
     imp: str  # the clause as an imperative (or the whole statement)
     inf: str  # the clause in the infinitive, for "can you ...?" frames
+
+    @property
+    def case(self) -> str:
+        """The item's case in this clause: the subject ({item_nom}, "treba mi {item_nom}") or the object ({item})."""
+        return "nominative" if NOMINATIVE_ITEM in self.imp else "accusative"
 
 
 @dataclass(frozen=True)
@@ -192,9 +198,11 @@ class ComposeWriter:
         form_index, unseen_form = self._pick(
             seen_forms, [i for i, fid in enumerate(form_ids) if fid in synonyms_held] if self.for_eval else [], rng
         )
-        item = render_item(language, forms[form_index], spec.quantity, spec.quantity_style, spec.action, rng)
+        item = render_item(
+            language, forms[form_index], spec.quantity, spec.quantity_style, spec.action, rng, expression.case
+        )
         places = {slot: rng.choice(phrases) for slot, phrases in self.slots.places[language].items()}
-        clause = (expression.inf if frame.kind == "inf" else expression.imp).format(item=item, **places)
+        clause = (expression.inf if frame.kind == "inf" else expression.imp).format(item=item, item_nom=item, **places)
         text = capitalize_first(frame.text.format(x=clause)) if rng.random() < 0.6 else frame.text.format(x=clause)
         text, noise = add_noise(text, language, self.noise_rates, self.vocab, rng)
         meta = {
@@ -221,7 +229,7 @@ def slot_texts(slots: Slots) -> dict[str, dict[str, list[str]]]:
         frames = [f.text.replace("{x}", "") for f in slots.frames[language]]
         out[language] = {
             action: [
-                text.format(item="", **dict.fromkeys(("to", "in", "from"), ""))
+                text.format(item="", item_nom="", **dict.fromkeys(("to", "in", "from"), ""))
                 for e in expressions
                 if e.action == action
                 for text in (e.imp, e.inf)

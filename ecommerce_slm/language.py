@@ -29,7 +29,12 @@ _HR_TENS = {
     80: "osamdeset",
     90: "devedeset",
 }
-_HR_ONE_ACC = {"m": "jedan", "f": "jednu", "n": "jedno"}  # accusative, as the object of dodaj/makni
+# "one" agrees in case too: accusative as the object of dodaj/makni, nominative as the subject of "treba mi"
+_HR_ONE = {
+    "accusative": {"m": "jedan", "f": "jednu", "n": "jedno"},
+    "nominative": {"m": "jedan", "f": "jedna", "n": "jedno"},
+}
+CASES = ("accusative", "nominative")  # of the item in its clause; only Croatian writes them differently
 _HR_TWO = {"m": "dva", "f": "dvije", "n": "dva"}
 
 _ES_ONES = (
@@ -41,8 +46,8 @@ _ES_TENS = {30: "treinta", 40: "cuarenta", 50: "cincuenta", 60: "sesenta", 70: "
 _ES_ONE = {"m": "un", "f": "una"}
 
 
-def number_words(language: str, n: int, gender: str = "m") -> str:
-    """The quantity n (1..99) in words, agreeing with the noun's gender where the language needs it."""
+def number_words(language: str, n: int, gender: str = "m", case: str = "accusative") -> str:
+    """The quantity n (1..99) in words, agreeing with the noun's gender (and Croatian case) where needed."""
     if not 1 <= n <= 99:
         raise ValueError(f"number_words: {n} is outside 1..99")
     tens, unit = divmod(n, 10)
@@ -53,7 +58,7 @@ def number_words(language: str, n: int, gender: str = "m") -> str:
     if language == "hr":
 
         def unit_word(u: int) -> str:
-            return _HR_ONE_ACC[gender] if u == 1 else _HR_TWO[gender] if u == 2 else _HR_ONES[u]
+            return _HR_ONE[case][gender] if u == 1 else _HR_TWO[gender] if u == 2 else _HR_ONES[u]
 
         if n < 20:
             return unit_word(n) if n <= 2 else _HR_ONES[n]
@@ -80,9 +85,10 @@ def hr_numeral_form(n: int) -> str:
     return "many"
 
 
-def noun_for(language: str, forms: Forms, n: int) -> str:
+def noun_for(language: str, forms: Forms, n: int, case: str = "accusative") -> str:
     if language == "hr":
-        return getattr(forms, hr_numeral_form(n))
+        form = hr_numeral_form(n)
+        return (forms.nominative or forms.one) if form == "one" and case == "nominative" else getattr(forms, form)
     return forms.one if n == 1 else forms.many
 
 
@@ -101,7 +107,7 @@ def bare_item(language: str, bare: str, action: str, rng: random.Random) -> str:
     return bare
 
 
-def implicit_item(language: str, forms: Forms, action: str, rng: random.Random) -> str:
+def implicit_item(language: str, forms: Forms, action: str, rng: random.Random, case: str = "accusative") -> str:
     """A single item named without a number: 'the shampoo', 'un champú', 'šampon', 'socks'."""
     if forms.bare and rng.random() < 0.5:
         return bare_item(language, forms.bare, action, rng)
@@ -112,7 +118,7 @@ def implicit_item(language: str, forms: Forms, action: str, rng: random.Random) 
         definite = {"m": "el", "f": "la"}[forms.gender]
         determiner = definite if action == "remove" else rng.choice([_ES_ONE[forms.gender], definite])
         return f"{determiner} {forms.one}"
-    return forms.one  # Croatian has no articles
+    return noun_for(language, forms, 1, case)  # Croatian has no articles
 
 
 def dozen_item(language: str, forms: Forms, n: int) -> str | None:
@@ -136,17 +142,22 @@ def couple_item(language: str, forms: Forms) -> str | None:
     return None  # Croatian 'par' means a pair, or a few: not a number
 
 
-def render_item(language: str, forms: Forms, n: int, style: str, action: str, rng: random.Random) -> str:
-    """The quantity and product as an expression's {item}; style is implicit, digits or words.
+def render_item(
+    language: str, forms: Forms, n: int, style: str, action: str, rng: random.Random, case: str = "accusative"
+) -> str:
+    """The quantity and product as an expression's {item} (case "nominative": its {item_nom}); style is
+    implicit, digits or words.
 
     Digits are mostly '3 shampoos', sometimes '3x shampoos' or 'shampoos x3' (the noun keeps the form the
     number needs); words include the idioms 'a dozen', 'half a dozen', 'a couple of'.
     """
+    if case not in CASES:
+        raise ValueError(f"render_item: unknown case {case!r}")
     if style == "implicit":
         if n != 1:
             raise ValueError("render_item: only a quantity of 1 can be implicit")
-        return implicit_item(language, forms, action, rng)
-    noun = noun_for(language, forms, n)
+        return implicit_item(language, forms, action, rng, case)
+    noun = noun_for(language, forms, n, case)
     if style == "digits":
         shape = rng.random()
         if shape < 0.1:
@@ -158,7 +169,7 @@ def render_item(language: str, forms: Forms, n: int, style: str, action: str, rn
         idiom = dozen_item(language, forms, n) or (couple_item(language, forms) if n == 2 else None)
         if idiom and rng.random() < 0.5:
             return idiom
-        return f"{number_words(language, n, forms.gender)} {noun}"
+        return f"{number_words(language, n, forms.gender, case)} {noun}"
     raise ValueError(f"render_item: unknown quantity style {style!r}")
 
 
@@ -166,10 +177,11 @@ def quantity_mentions(language: str, n: int) -> list[str]:
     """Every way a text may state n: used to check texts an LLM wrote."""
     mentions = {str(n)}
     for gender in ("m", "f", "n"):
-        try:
-            mentions.add(number_words(language, n, gender))
-        except (KeyError, ValueError):
-            pass
+        for case in CASES:
+            try:
+                mentions.add(number_words(language, n, gender, case))
+            except (KeyError, ValueError):
+                pass
     if n == 2:
         mentions.update({"couple", "par de"})
     if n == 12:

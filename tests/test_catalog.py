@@ -1,6 +1,6 @@
 import pytest
 
-from ecommerce_slm.catalog import CatalogError, load_catalog
+from ecommerce_slm.catalog import CatalogError, croatian_nominative, load_catalog
 from ecommerce_slm.language import hr_numeral_form, number_words, render_item
 
 REQUIRED = """Lip Balm, Toothpaste, Shampoo, Conditioner, Hand Cream, Sunscreen, Deodorant, Face Mask, Body Lotion,
@@ -45,6 +45,54 @@ def test_quantity_and_product_agree(catalog, language, product, n, style, expect
     rng = random.Random(1)
     rendered = {render_item(language, forms, n, style, "add", rng) for _ in range(20)}
     assert expected in rendered
+
+
+@pytest.mark.parametrize(
+    "accusative, gender, nominative",
+    [
+        ("pastu za zube", "f", "pasta za zube"),  # the noun; the prepositional phrase keeps its case
+        ("mineralnu vodu", "f", "mineralna voda"),  # adjective and noun
+        ("kavu u zrnu", "f", "kava u zrnu"),  # "u zrnu" is locative, not the noun
+        ("staklenku maslaca od kikirikija", "f", "staklenka maslaca od kikirikija"),  # a genitive complement
+        ("web kameru", "f", "web kamera"),
+        ("šampon", "m", "šampon"),  # masculine inanimate and neuter: the same form
+        ("maslinovo ulje", "n", "maslinovo ulje"),
+    ],
+)
+def test_croatian_nominative_from_the_accusative(accusative, gender, nominative):
+    assert croatian_nominative(accusative, gender) == nominative
+
+
+def test_the_catalog_may_give_the_nominative_itself(tmp_path):
+    path = tmp_path / "catalog.yaml"
+    path.write_text(
+        "products:\n  - name: Tea\n    hr: {gender: f, one: kutiju čaja, few: kutije čaja, many: kutija čaja}\n"
+        "  - name: Cup\n    hr: {gender: f, one: šalicu, few: šalice, many: šalica, nominative: šalica čaja}\n",
+        encoding="utf-8",
+    )
+    tea, cup = load_catalog(path, ["hr"]).products
+    assert tea.forms["hr"][0].nominative == "kutija čaja"
+    assert cup.forms["hr"][0].nominative == "šalica čaja"
+    assert "kutija čaja" in tea.all_surface_forms("hr")
+
+
+@pytest.mark.parametrize(
+    "product, n, style, case, expected",
+    [
+        ("Toothpaste", 1, "words", "nominative", "jedna pasta za zube"),
+        ("Toothpaste", 1, "words", "accusative", "jednu pastu za zube"),
+        ("Toothpaste", 21, "words", "nominative", "dvadeset jedna pasta za zube"),
+        ("Toothpaste", 1, "implicit", "nominative", "pasta za zube"),
+        ("Toothpaste", 3, "words", "nominative", "tri paste za zube"),  # numerals take the same form either way
+        ("Shampoo", 1, "words", "nominative", "jedan šampon"),
+    ],
+)
+def test_croatian_items_as_subject_and_object(catalog, product, n, style, case, expected):
+    import random
+
+    forms = catalog[product].forms["hr"][0]
+    rng = random.Random(1)
+    assert expected in {render_item("hr", forms, n, style, "add", rng, case) for _ in range(20)}
 
 
 def test_croatian_numeral_cases():

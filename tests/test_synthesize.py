@@ -7,7 +7,7 @@ import pytest
 
 from ecommerce_slm.compose import split_slots
 from ecommerce_slm.generator import language_order, quantity_weights
-from ecommerce_slm.language import render_item
+from ecommerce_slm.language import CASES, render_item
 from ecommerce_slm.noise import NOISE_TYPES, NOT_IN_ENGLISH, add_noise, typo
 from ecommerce_slm.params import ParamError
 from stages.synthesize import DataConfig, DataError, load_rows, synthesize
@@ -148,7 +148,8 @@ def test_every_row_answer_matches_the_slots_it_was_built_from(default_data, slot
             product, language, index = row["product_form"].split("|")
             assert product == row["product"] and language == row["language"]
             forms = catalog[product].forms[language][int(index)]
-            assert read_quantity(language, row["item"], forms) == row["quantity"], row
+            case = expressions[row["expression"]].case
+            assert read_quantity(language, row["item"], forms, case) == row["quantity"], row
             if not set(row["noise"]) & {"typo", "ascii", "casing"}:
                 assert row["item"].casefold() in row["text"].casefold(), row
 
@@ -373,6 +374,7 @@ NUMBER_WORDS = {
         **{w: i for i, w in enumerate(_HR, 1)},
         **dict(zip("dvadeset trideset četrdeset pedeset".split(), (20, 30, 40, 50), strict=True)),
         "jednu": 1,
+        "jedna": 1,
         "jedno": 1,
         "dvije": 2,
         "tucet": 12,
@@ -391,8 +393,8 @@ NUMBER_WORDS = {
 }
 
 
-def read_quantity(language: str, item: str, forms) -> int:
-    """The quantity an item phrase states, and a check that the noun has the form that number needs."""
+def read_quantity(language: str, item: str, forms, case: str = "accusative") -> int:
+    """The quantity an item phrase states, and a check that the noun has the form that number (and case) needs."""
     words = NUMBER_WORDS[language]
     if found := re.search(r"(?<![\w])x?(\d+)x?(?![\w])", item):
         n = int(found[1])
@@ -413,7 +415,8 @@ def read_quantity(language: str, item: str, forms) -> int:
     noun = {1: forms.one}.get(n) if language != "hr" else None
     if language == "hr":
         last = n % 10 if n % 100 not in (11, 12, 13, 14) else 0
-        noun = forms.one if last == 1 else forms.few if last in (2, 3, 4) else forms.many
+        one = forms.nominative if case == "nominative" else forms.one
+        noun = one if last == 1 else forms.few if last in (2, 3, 4) else forms.many
     elif n != 1:
         noun = forms.many
     bare = forms.bare.split(" ", 1)[-1] if language == "es" else forms.bare  # "los calcetines" -> "unos ..."
@@ -430,8 +433,9 @@ def test_every_quantity_expression_maps_back_to_its_quantity(language, catalog):
             for n in range(1, 51):
                 for style in ("digits", "words") + (("implicit",) if n == 1 else ()):
                     for _ in range(3):  # digit shapes (3, 3x, x3) and idioms are drawn
-                        item = render_item(language, forms, n, style, rng.choice(["add", "remove"]), rng)
-                        assert read_quantity(language, item, forms) == n, (item, n)
+                        case = rng.choice(CASES)
+                        item = render_item(language, forms, n, style, rng.choice(["add", "remove"]), rng, case)
+                        assert read_quantity(language, item, forms, case) == n, (item, n, case)
                         checked += 1
     assert checked > 10_000
 
