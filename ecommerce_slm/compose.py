@@ -68,6 +68,7 @@ def load_slots(path: Path = SLOTS_FILE) -> Slots:
             for kind in EXPRESSION_KINDS:
                 for i, text in enumerate(entry["expressions"][action][kind]):
                     imp, _, inf = (part.strip() for part in text.partition(" | "))
+                    check_item_slot(imp, inf or imp, f"{path}: {language}.expressions.{action}.{kind}[{i}]")
                     expressions[language].append(
                         Expression(f"{language}.{action}.{kind}.{i:02d}", action, kind, imp, inf or imp)
                     )
@@ -77,6 +78,17 @@ def load_slots(path: Path = SLOTS_FILE) -> Slots:
             for i, text in enumerate(entry["frames"][kind])
         ]
     return Slots(places, expressions, frames)
+
+
+def check_item_slot(imp: str, inf: str, where: str) -> None:
+    """Each form of an expression names the item once, as object ({item}) or subject ({item_nom}), and both
+    forms alike: the case the item is rendered in is read from the imperative."""
+    for part in (imp, inf):
+        slots = [name for name in ("{item}", NOMINATIVE_ITEM) for _ in range(part.count(name))]
+        if len(slots) != 1:
+            raise GenerationError(f"{where}: {part!r}: expected exactly one of {{item}} or {NOMINATIVE_ITEM}")
+    if (NOMINATIVE_ITEM in imp) != (NOMINATIVE_ITEM in inf):
+        raise GenerationError(f"{where}: the imperative and the infinitive must use the same item slot")
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,14 @@ import random
 import re
 
 import pytest
+import yaml
 
-from ecommerce_slm.compose import split_slots
-from ecommerce_slm.generator import language_order, quantity_weights
+from ecommerce_slm.compose import load_slots, split_slots
+from ecommerce_slm.generator import GenerationError, language_order, quantity_weights
 from ecommerce_slm.language import CASES, render_item
 from ecommerce_slm.noise import NOISE_TYPES, NOT_IN_ENGLISH, add_noise, typo
 from ecommerce_slm.params import ParamError
+from ecommerce_slm.paths import SLOTS_FILE
 from stages.synthesize import DataConfig, DataError, load_rows, synthesize
 
 
@@ -507,3 +509,22 @@ def test_dev_set_of_unseen_slots_and_training_rows_without_them(tmp_path, slots,
     with pytest.raises(SystemExit):  # a set of unseen slots means nothing against the usual training data
         dev_set(["--seed", "778", "--unseen-share", "0.2", "--out", str(tmp_path / "x.jsonl")])
     assert "--train-out" in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "expression, message",
+    [
+        ("treba mi", "expected exactly one of {item} or {item_nom}"),
+        ("daj {item} i {item_nom}", "expected exactly one"),
+        ("dodaj {item} | dodati {item_nom}", "must use the same item slot"),
+    ],
+)
+def test_a_bad_expression_names_its_place_in_the_slot_file(tmp_path, expression, message):
+    raw = yaml.safe_load(SLOTS_FILE.read_text(encoding="utf-8"))
+    raw["hr"]["expressions"]["add"]["statement"][3] = expression
+    path = tmp_path / "slots.yaml"
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(
+        GenerationError, match=rf"slots.yaml: hr.expressions.add.statement\[3\]: .*{re.escape(message)}"
+    ):
+        load_slots(path)
