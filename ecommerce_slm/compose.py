@@ -84,8 +84,7 @@ def check_item_slot(imp: str, inf: str, where: str) -> None:
     """Each form of an expression names the item once, as object ({item}) or subject ({item_nom}), and both
     forms alike: the case the item is rendered in is read from the imperative."""
     for part in (imp, inf):
-        slots = [name for name in ("{item}", NOMINATIVE_ITEM) for _ in range(part.count(name))]
-        if len(slots) != 1:
+        if part.count("{item}") + part.count(NOMINATIVE_ITEM) != 1:
             raise GenerationError(f"{where}: {part!r}: expected exactly one of {{item}} or {NOMINATIVE_ITEM}")
     if (NOMINATIVE_ITEM in imp) != (NOMINATIVE_ITEM in inf):
         raise GenerationError(f"{where}: the imperative and the infinitive must use the same item slot")

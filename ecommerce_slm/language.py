@@ -88,7 +88,7 @@ def hr_numeral_form(n: int) -> str:
 def noun_for(language: str, forms: Forms, n: int, case: str = "accusative") -> str:
     if language == "hr":
         form = hr_numeral_form(n)
-        return (forms.nominative or forms.one) if form == "one" and case == "nominative" else getattr(forms, form)
+        return forms.nominative if form == "one" and case == "nominative" else getattr(forms, form)
     return forms.one if n == 1 else forms.many
 
 
