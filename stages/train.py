@@ -565,6 +565,12 @@ def complete_checkpoint(folder: Path) -> bool:
     return any(folder.glob("adapter_model.*")) or any(folder.glob("model*.safetensors"))
 
 
+def finished_run(checkpoint: Path) -> bool:
+    """Whether a (complete) checkpoint was saved at the last step its run planned."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return state.get("max_steps", 0) > 0 and state.get("global_step", 0) >= state["max_steps"]
+
+
 def prepare_checkpoints(checkpoint_dir: Path, run_id: str) -> Path | None:
     """The checkpoint to resume from, if the folder holds a complete one of this exact run; else it is emptied.
 
@@ -587,10 +593,14 @@ def prepare_checkpoints(checkpoint_dir: Path, run_id: str) -> Path | None:
         else:
             print(f"train: removing {folder}: cut off while being saved")
             shutil.rmtree(folder, ignore_errors=True)
-    if previous == run_id and checkpoints:
+    if previous == run_id and checkpoints and finished_run(checkpoints[-1]):
+        # a forced rerun (dvc repro -f, a kill after the last save): transformers would resume it past its
+        # end (one step more, when the run spans epochs), so it trains again instead
+        print(f"train: {checkpoints[-1]} ends a finished run of the same params, data and base: starting over")
+    elif previous == run_id and checkpoints:
         print(f"train: resuming from {checkpoints[-1]} (same params, data and base)")
         return checkpoints[-1]
-    if checkpoints:
+    elif checkpoints:
         print(f"train: params, data or base changed since {checkpoints[-1]}: starting over")
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     checkpoint_dir.mkdir(parents=True)

@@ -143,6 +143,18 @@ def test_interrupted_run_resumes_from_its_checkpoint(tiny_model_dir, train_file,
     assert not summary["resumed"] and summary["steps_this_run"] == 10
 
 
+def test_a_finished_run_trains_again_instead_of_resuming_past_its_end(tiny_model_dir, train_file, tmp_path, capsys):
+    """`dvc repro -f train` finds the last checkpoint of the same run: transformers, resumed from it, trained
+    one step past max_steps when the run spans epochs (13 steps of 8 from 32 rows here; 500 -> 501 on
+    the real data). The run starts over and ends where the first one did."""
+    cfg = tiny_cfg(max_steps=13, save_steps=13)
+    first = run(tiny_model_dir, train_file, tmp_path, cfg)
+    assert first["steps"] == 13 and (tmp_path / "ckpt" / "checkpoint-13").exists()
+    again = run(tiny_model_dir, train_file, tmp_path, cfg)
+    assert "ends a finished run of the same params, data and base: starting over" in capsys.readouterr().out
+    assert not again["resumed"] and again["steps"] == again["steps_this_run"] == 13
+
+
 def test_unknown_target_module(tiny_model_dir, train_file, tmp_path):
     with pytest.raises(ParamError, match=r"train.target_modules: \['qkv_proj'\] not in the model"):
         run(tiny_model_dir, train_file, tmp_path, tiny_cfg(target_modules=["q_proj", "qkv_proj"]))
