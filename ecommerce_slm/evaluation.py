@@ -25,22 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol
 
-import torch
-
 from ecommerce_slm.catalog import load_catalog
 from ecommerce_slm.cli import ProjectError
+from ecommerce_slm.divergence import SavedReference, add_kl
 from ecommerce_slm.endpoint import resolve_endpoint
 from ecommerce_slm.engines import ApiEngine, LlamaCppEngine, LlamaServerEngine, TransformersEngine
 from ecommerce_slm.files import RowFormatError, iter_rows, read_jsonl, write_json, write_jsonl
-from ecommerce_slm.llama_tools import perplexity_kl
 from ecommerce_slm.params import Section, check, is_pos_int
 from ecommerce_slm.paths import (
     DEFAULT_CATALOG,
     EVAL_DIR,
     EVAL_FILE,
-    F16_FILE,
     HANDWRITTEN_DIR,
     HANDWRITTEN_FILE,
+    KL_REFERENCE_DIR,
     TRAIN_FILE,
 )
 from ecommerce_slm.scoring import accuracy_summary, diagnostics, score_one
@@ -49,9 +47,7 @@ from ecommerce_slm.task import (
     DECODING_MODES,
     InvalidRow,
     answer_schema,
-    completion_messages,
     few_shot_messages,
-    intent_of,
     is_schema_answer,
     prompt_messages,
     validate_row,
@@ -222,35 +218,6 @@ def score_mode(
     return compact, details, errors, raw
 
 
-def kl_sequences(rows: list[dict], tokenizer, n: int) -> list[tuple[list[int], int]]:
-    """(token ids of prompt + true answer, index of the first answer token) for the first n rows."""
-    out = []
-    for row in rows[:n]:
-        prompt = tokenizer.apply_chat_template(
-            prompt_messages(row["text"]), add_generation_prompt=True, tokenize=True, return_dict=True
-        )["input_ids"]
-        full = tokenizer.apply_chat_template(
-            prompt_messages(row["text"]) + completion_messages(intent_of(row)), tokenize=True, return_dict=True
-        )["input_ids"]
-        if full[: len(prompt)] != prompt:
-            raise EvalError("the chat template renders the prompt differently with and without the answer")
-        out.append((full, len(prompt)))
-    return out
-
-
-def mean_kl(reference, engine, sequences: list[tuple[list[int], int]]) -> float:
-    """Mean over answer positions of KL(reference || variant) of the next-token distributions."""
-    total, positions = 0.0, 0
-    for ids, start in sequences:
-        p = reference.next_token_logprobs(ids, start)
-        q = engine.next_token_logprobs(ids, start)
-        if p.shape != q.shape:
-            raise EvalError(f"vocabularies differ: reference {tuple(p.shape)}, variant {tuple(q.shape)}")
-        total += torch.sum(p.exp() * (p - q)).item()
-        positions += p.shape[0]
-    return total / positions
-
-
 def open_engine(variant: Variant, cfg: EvalConfig, api: ApiSettings | None = None):
     if variant.engine == "transformers":
         return TransformersEngine(variant.location, cfg.threads, cfg.max_new_tokens, cfg.batch_size)
@@ -291,51 +258,6 @@ def score_rows(
     return metrics, details, errors
 
 
-def add_kl(metrics: dict, engine, variant: Variant, rows: list[dict], cfg: EvalConfig, reference_dir: Path | None):
-    metrics["kl_from_merged"], metrics["kl_note"] = None, None
-    if variant.engine == "api":
-        metrics["kl_note"] = "an API exposes no full next-token distributions"
-    elif variant.few_shot:  # and so eval@base does not depend on models/merged: no training run reruns it
-        metrics["kl_note"] = (
-            "not measured for the untuned base: it measures what training moved, not what compression lost"
-        )
-    elif reference_dir is None or not (reference_dir / "config.json").exists():
-        metrics["kl_note"] = f"no reference model at {reference_dir}"
-    elif cfg.kl_examples:
-        reference = engine if variant.location == str(reference_dir) else TransformersEngine(reference_dir, cfg.threads)
-        sequences = kl_sequences(rows, reference.tokenizer, cfg.kl_examples)
-        kl = 0.0 if reference is engine else mean_kl(reference, engine, sequences)
-        metrics["kl_from_merged"] = float(f"{kl:.3g}")  # significant digits, not decimals: KL spans 1e-6 to 1
-        metrics["kl_note"] = f"mean over the answer tokens of {len(sequences)} eval requests"
-    if variant.engine == "llama_cpp" and cfg.perplexity_rows:
-        metrics["llama_perplexity"] = llama_perplexity(variant, rows, cfg)
-
-
-def answer_text(rows: list[dict]) -> str:
-    """Requests and their answers as plain text, one after the other: what llama-perplexity's KL reads."""
-    return "".join(f"{row['text']}\n{intent_of(row).to_json()}\n" for row in rows)
-
-
-def llama_perplexity(variant: Variant, rows: list[dict], cfg: EvalConfig) -> dict:
-    """llama-perplexity's KL of a GGUF level from the F16 file over eval requests and their answers."""
-    if not F16_FILE.is_file():
-        return {"skipped": f"no reference {F16_FILE}"}
-    if Path(variant.location).resolve() == F16_FILE.resolve():
-        return {"skipped": "the F16 file is the reference"}
-    import llama_cpp
-
-    text = answer_text(rows[: cfg.perplexity_rows])
-    tokens = len(llama_cpp.Llama(str(F16_FILE), vocab_only=True, verbose=False).tokenize(text.encode()))
-    context = min(cfg.perplexity_context, tokens // 2)  # it needs at least two chunks
-    if context < 32:
-        return {"skipped": f"{tokens} tokens in {min(len(rows), cfg.perplexity_rows)} rows: too few for two chunks"}
-    return {
-        **perplexity_kl(F16_FILE, variant.location, text, context, cfg.threads),
-        "rows": min(len(rows), cfg.perplexity_rows),
-        "tokens": tokens,
-    }
-
-
 def evaluate(
     variant: Variant,
     rows: list[dict],
@@ -344,6 +266,7 @@ def evaluate(
     reference_dir: Path | None = None,
     api: ApiSettings | None = None,
     engine=None,
+    saved: SavedReference | None = None,
 ) -> tuple[dict, dict, list[dict]]:
     """Run every decoding mode of cfg on rows, and KL from the reference; (metrics, details, errors).
 
@@ -354,11 +277,11 @@ def evaluate(
         start = time.perf_counter()
         with contextlib.closing(open_engine(variant, cfg, api)) as engine:
             load_seconds = time.perf_counter() - start
-            metrics, details, errors = evaluate(variant, rows, cfg, examples, reference_dir, api, engine)
+            metrics, details, errors = evaluate(variant, rows, cfg, examples, reference_dir, api, engine, saved)
         metrics["load_seconds"] = round(load_seconds, 1)
         return metrics, details, errors
     metrics, details, errors = score_rows(engine, variant, rows, cfg, examples)
-    add_kl(metrics, engine, variant, rows, cfg, reference_dir)
+    add_kl(metrics, engine, variant, rows, cfg, reference_dir, saved)
     return metrics, details, errors
 
 
@@ -445,6 +368,9 @@ def run(variant: Variant, args: argparse.Namespace, cfg: EvalConfig, api: ApiSet
                 f'could never produce them (set eval.catalog: "" to allow any product)'
             )
     examples = pick_few_shot(read_jsonl(TRAIN_FILE), cfg.few_shot, cfg.few_shot_seed) if variant.few_shot else None
+    # the pipeline measures KL against the reference its stage kl_reference saved (and declares only that);
+    # without that folder (a project that never ran the stage) it is measured live, as by hand
+    saved = SavedReference(KL_REFERENCE_DIR) if pipeline and KL_REFERENCE_DIR.is_dir() else None
     start = time.perf_counter()
     engine = open_engine(variant, cfg, api)
     load_seconds = time.perf_counter() - start
@@ -452,7 +378,9 @@ def run(variant: Variant, args: argparse.Namespace, cfg: EvalConfig, api: ApiSet
     with contextlib.closing(engine):  # stops llama-server on every way out
         for index, (path, path_out) in enumerate(sets):
             if index == 0:
-                metrics, details, errors = evaluate(variant, rows[path], cfg, examples, REFERENCE_DIR, api, engine)
+                metrics, details, errors = evaluate(
+                    variant, rows[path], cfg, examples, REFERENCE_DIR, api, engine, saved
+                )
                 metrics["load_seconds"] = round(load_seconds, 1)
                 kl = metrics["kl_from_merged"]
             else:  # KL is a property of the model, measured once on the eval set

@@ -232,40 +232,37 @@ def _number(pattern: str, log: str) -> float | None:
     return float(found[1]) if found else None
 
 
-def perplexity_kl(reference: str | Path, model: str | Path, text: str, context: int, threads: int) -> dict:
-    """llama-perplexity's KL divergence of `model` from `reference` on `text`, and how often the top token agrees.
+def _run_perplexity(arguments: list[str], what: str) -> str:
+    done = subprocess.run(
+        [tool("llama-perplexity"), *arguments, *FLASH_ATTENTION_FLAG],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        preexec_fn=ends_with_this_process(),
+    )
+    if done.returncode != 0:
+        raise LlamaToolError(
+            f"llama-perplexity {what} exited with {done.returncode}:\n{(done.stdout + done.stderr)[-1500:]}"
+        )
+    return done.stdout + done.stderr
 
-    Two runs: the reference's log-probabilities are saved (--kl-divergence-base), then compared token by
-    token with the model's (--kl-divergence), over the second half of each `context`-token chunk.
-    """
+
+def perplexity_base(reference: str | Path, text: str, context: int, threads: int, base_file: str | Path) -> None:
+    """Save `reference`'s log-probabilities over `text` (--kl-divergence-base): what perplexity_kl_from_base
+    compares a model with, over the second half of each `context`-token chunk. The text's tokens go with them."""
     with tempfile.TemporaryDirectory(prefix="kld-") as scratch:
-        text_file, base = Path(scratch, "text.txt"), Path(scratch, "reference.kld")
+        text_file = Path(scratch, "text.txt")
         text_file.write_text(text, encoding="utf-8")
-        common = [
-            "--file",
-            str(text_file),
-            "--ctx-size",
-            str(context),
-            "--threads",
-            str(threads),
-            *FLASH_ATTENTION_FLAG,
-        ]
-        for step in (["--model", str(reference)], ["--model", str(model), "--kl-divergence"]):
-            done = subprocess.run(
-                [tool("llama-perplexity"), *step, "--kl-divergence-base", str(base), *common],
-                capture_output=True,
-                text=True,
-                errors="replace",
-                preexec_fn=ends_with_this_process(),
-            )
-            if done.returncode != 0:
-                raise LlamaToolError(
-                    f"llama-perplexity {' '.join(step)} exited with {done.returncode}:\n{(done.stdout + done.stderr)[-1500:]}"
-                )
-    log = done.stdout + done.stderr
+        arguments = ["--model", str(reference), "--file", str(text_file), "--kl-divergence-base", str(base_file)]
+        _run_perplexity([*arguments, "--ctx-size", str(context), "--threads", str(threads)], f"--model {reference}")
+
+
+def perplexity_kl_from_base(model: str | Path, base_file: str | Path, context: int, threads: int) -> dict:
+    """llama-perplexity's KL divergence of `model` from the saved reference, and how often the top token agrees."""
+    arguments = ["--model", str(model), "--kl-divergence-base", str(base_file), "--kl-divergence"]
+    log = _run_perplexity([*arguments, "--ctx-size", str(context), "--threads", str(threads)], f"--model {model}")
     same_top = _number(r"Same top p:\s+([\d.]+)", log)
     return {
-        "reference": str(reference),
         "mean_kl": _number(r"Mean\s+KLD:\s+([-\d.e+]+)", log),
         "median_kl": _number(r"Median\s+KLD:\s+([-\d.e+]+)", log),
         "same_top_token": None if same_top is None else round(same_top / 100, 5),  # printed as a percentage
@@ -273,3 +270,11 @@ def perplexity_kl(reference: str | Path, model: str | Path, text: str, context: 
         "context": context,
         "threads": threads,
     }
+
+
+def perplexity_kl(reference: str | Path, model: str | Path, text: str, context: int, threads: int) -> dict:
+    """llama-perplexity's KL divergence of `model` from `reference` on `text`: both runs, the base in a scratch file."""
+    with tempfile.TemporaryDirectory(prefix="kld-") as scratch:
+        base = Path(scratch, "reference.kld")
+        perplexity_base(reference, text, context, threads, base)
+        return {"reference": str(reference), **perplexity_kl_from_base(model, base, context, threads)}

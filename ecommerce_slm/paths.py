@@ -41,6 +41,7 @@ GGUF_DIR = MODELS / "gguf"
 F16_FILE = GGUF_DIR / "F16.gguf"
 IMATRIX_FILE = GGUF_DIR / "imatrix.gguf"  # llama-imatrix over training requests (stage imatrix)
 IMATRIX_TEXT = GGUF_DIR / "imatrix_calibration.txt"  # what it read
+KL_REFERENCE_DIR = MODELS / "kl_reference"  # what every variant's KL is measured against (stage kl_reference)
 
 METRICS = Path("metrics")
 DATA_STATS = METRICS / "data.json"  # compact, so `dvc exp show` stays readable

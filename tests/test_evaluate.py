@@ -6,14 +6,13 @@ import shutil
 import pytest
 import torch
 
+from ecommerce_slm.divergence import KlError, SavedReference, build_reference, kl_sequences, mean_kl
 from ecommerce_slm.engines import TransformersEngine, pad_after_prefix, shared_prefix_length
 from ecommerce_slm.evaluation import (
     EvalConfig,
     EvalError,
     evaluate,
-    kl_sequences,
     load_rows,
-    mean_kl,
     pick_few_shot,
     score_rows,
 )
@@ -110,19 +109,53 @@ def test_kl_is_zero_against_itself_and_positive_against_another_model(tiny_model
 
 def test_the_untuned_base_is_never_compared_with_merged(tiny_model_dir, tiny_wide_model_dir, monkeypatch):
     """eval@base does not list models/merged (so a training run never reruns it): it must not read it."""
-    import ecommerce_slm.evaluation as evaluation
+    import ecommerce_slm.divergence as divergence
 
     def no_reference(*args, **kwargs):
         raise AssertionError("the reference model was opened")
 
-    monkeypatch.setattr(evaluation, "TransformersEngine", no_reference)
+    monkeypatch.setattr(divergence, "TransformersEngine", no_reference)
     metrics = {}
     base = Variant("base", "transformers", str(tiny_wide_model_dir), few_shot=True)
-    evaluation.add_kl(metrics, object(), base, ROWS, EvalConfig(), tiny_model_dir)
+    divergence.add_kl(metrics, object(), base, ROWS, EvalConfig(), tiny_model_dir)
     assert metrics["kl_from_merged"] is None and "untuned base" in metrics["kl_note"]
+    merged = Variant("merged", "transformers", str(tiny_model_dir))  # the reference itself: 0, nothing opened
+    divergence.add_kl(metrics, object(), merged, ROWS, EvalConfig(), tiny_model_dir)
+    assert metrics["kl_from_merged"] == 0.0
     tuned = Variant("tuned", "transformers", str(tiny_wide_model_dir))
     with pytest.raises(AssertionError, match="reference model was opened"):  # any other variant is compared
-        evaluation.add_kl({}, object(), tuned, ROWS, EvalConfig(), tiny_model_dir)
+        divergence.add_kl({}, object(), tuned, ROWS, EvalConfig(), tiny_model_dir)
+
+
+def test_a_saved_reference_gives_the_kl_of_the_live_one_without_opening_the_merged_model(
+    tiny_model_dir, tiny_wide_model_dir, tmp_path, monkeypatch
+):
+    import ecommerce_slm.divergence as divergence
+
+    cfg = EvalConfig(kl_examples=2, perplexity_rows=0)
+    info = build_reference(ROWS, cfg, tiny_model_dir, tmp_path / "no.gguf", tmp_path / "reference")
+    assert info["kl"]["rows"] == 2 and info["perplexity"] is None
+    assert sorted(p.name for p in (tmp_path / "reference").iterdir()) == ["logprobs.safetensors", "reference.json"]
+    variant = Variant("other", "transformers", str(tiny_wide_model_dir))
+    engine = TransformersEngine(tiny_wide_model_dir)
+    live = {}
+    divergence.add_kl(live, engine, variant, ROWS, cfg, tiny_model_dir)
+
+    def no_reference(*args, **kwargs):
+        raise AssertionError("the reference model was opened")
+
+    monkeypatch.setattr(divergence, "TransformersEngine", no_reference)
+    saved, from_saved = SavedReference(tmp_path / "reference"), {}
+    divergence.add_kl(from_saved, engine, variant, ROWS, cfg, tiny_model_dir, saved)
+    assert from_saved["kl_from_merged"] == live["kl_from_merged"] > 0.01
+    # other rows (or another kl_examples) than the saved reference was made from: an error naming the stage
+    other_rows = [dict(ROWS[0], text="add 3 shampoos"), ROWS[1]]
+    with pytest.raises(KlError, match=r"reference: holds no reference .* run `dvc repro kl_reference`"):
+        divergence.add_kl({}, engine, variant, other_rows, cfg, tiny_model_dir, saved)
+    with pytest.raises(KlError, match="holds no reference"):
+        divergence.add_kl({}, engine, variant, ROWS, EvalConfig(kl_examples=1, perplexity_rows=0), None, saved)
+    with pytest.raises(KlError, match="holds no reference"):  # a folder the stage never finished
+        divergence.add_kl({}, engine, variant, ROWS, cfg, None, SavedReference(tmp_path / "missing"))
 
 
 def test_shared_prefix_leaves_each_sequence_a_token_and_pads_after_it(real_tokenizer):

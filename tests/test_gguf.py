@@ -157,6 +157,34 @@ def test_llama_perplexity_kl_is_zero_against_itself_and_large_against_another_mo
     assert other["mean_kl"] > 1 and other["same_top_token"] < 0.5
 
 
+def test_kl_against_the_saved_reference_is_the_kl_measured_live(tiny_wide_model_dir, wide_f16, tmp_path, monkeypatch):
+    """The kl_reference stage's folder gives a GGUF level the same KL and llama-perplexity numbers as
+    loading the merged model and running the F16 file again, without opening either."""
+    import ecommerce_slm.divergence as divergence
+    from ecommerce_slm.engines import LlamaCppEngine
+    from ecommerce_slm.evaluation import EvalConfig
+    from ecommerce_slm.variants import Variant
+
+    rows = [{"text": f"add {n} lip balms", "action": "add", "product": "Lip Balm", "quantity": n} for n in range(1, 31)]
+    cfg = EvalConfig(kl_examples=3, perplexity_rows=30, perplexity_context=64)
+    info = divergence.build_reference(rows, cfg, tiny_wide_model_dir, wide_f16, tmp_path / "reference")
+    assert info["perplexity"]["context"] == 64 and info["perplexity"]["tokens"] >= 128
+    level = tmp_path / "Q8_0.gguf"
+    quantize(wide_f16, level, "Q8_0", threads=2)
+    variant, engine = Variant("Q8_0", "llama_cpp", str(level)), LlamaCppEngine(level)
+    monkeypatch.setattr(divergence, "F16_FILE", wide_f16)
+    live, saved = {}, {}
+    divergence.add_kl(live, engine, variant, rows, cfg, tiny_wide_model_dir)
+    monkeypatch.setattr(divergence, "F16_FILE", tmp_path / "gone.gguf")
+    monkeypatch.setattr(divergence, "TransformersEngine", None)  # opening the merged model would fail
+    divergence.add_kl(
+        saved, engine, variant, rows, cfg, tiny_wide_model_dir, divergence.SavedReference(tmp_path / "reference")
+    )
+    assert saved["kl_from_merged"] == live["kl_from_merged"] > 0
+    assert saved["llama_perplexity"]["mean_kl"] == live["llama_perplexity"]["mean_kl"] > 0
+    assert saved["llama_perplexity"] == live["llama_perplexity"]
+
+
 def test_fast_reader_reads_what_gguf_py_reads(wide_f16):
     import gguf
 

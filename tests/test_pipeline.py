@@ -16,6 +16,7 @@ EXPECTED_STAGES = {
     "convert_gguf",
     "imatrix",
     "quantize_gguf",
+    "kl_reference",
     "eval",
     "load_test",
     "eval_gguf",
@@ -58,6 +59,17 @@ def test_report_is_downstream_of_every_eval_and_bench():
         assert f'"{path}"' in out, path
 
 
+def test_variants_measure_kl_against_the_saved_reference_not_the_models_it_came_from():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    gguf_deps = stages["eval_gguf"]["deps"]
+    assert "models/kl_reference" in gguf_deps and not {"models/merged", "models/gguf/F16.gguf"} & set(gguf_deps)
+    foreach = stages["eval"]["foreach"]
+    assert foreach["gptq"]["input"] == foreach["F16"]["input"] == "models/kl_reference"
+    assert (
+        foreach["base"]["input"] == "data/train.jsonl"
+    )  # the untuned base is never compared: training never reruns it
+
+
 def test_pareto_plots_use_the_custom_template_and_the_offline_page():
     dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     plots = {next(iter(p)): next(iter(p.values())) for p in dvc_yaml["plots"]}
@@ -85,6 +97,14 @@ def test_each_stage_declares_the_params_section_it_reads():
     assert stages["eval"]["do"]["params"] == ["eval"]
     assert stages["bench"]["do"]["params"] == stages["bench_gguf"]["params"] == ["bench"]
     assert stages["report"]["params"] == ["report", "gguf.levels"]
+    # only what shapes the reference: a change of eval.parallel or max_new_tokens keeps it
+    assert stages["kl_reference"]["params"] == [
+        "eval.kl_examples",
+        "eval.perplexity_rows",
+        "eval.perplexity_context",
+        "eval.threads",
+        "eval.limit",
+    ]
     # the checkpoint folder is scratch: were it declared, its absence in a queued experiment's workspace would retrain
     assert "checkpoints" not in str(stages["train"]["outs"])
 
@@ -108,7 +128,7 @@ def test_dvc_config_sends_nothing_home():
 
 
 def test_dvc_yaml_variant_lists_match_the_variants_module():
-    from ecommerce_slm.variants import MEASURED_VARIANTS, REFERENCE_VARIANTS, resolve
+    from ecommerce_slm.variants import MEASURED_VARIANTS, REFERENCE, REFERENCE_VARIANTS, resolve
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert set(stages["eval"]["foreach"]) == {*MEASURED_VARIANTS, *REFERENCE_VARIANTS}
@@ -116,7 +136,9 @@ def test_dvc_yaml_variant_lists_match_the_variants_module():
     for name, item in stages["eval"]["foreach"].items():
         variant = resolve(name)
         assert variant.location == item["model"], name
-        # the few-shot base reads training rows as examples and is never compared with merged; the rest are
-        assert item["input"] == ("data/train.jsonl" if variant.few_shot else "models/merged"), name
+        # the few-shot base reads training rows as examples and is never compared with merged; merged is its
+        # own reference; the rest are compared through the reference saved from it
+        expected = "models/merged" if name == REFERENCE else "models/kl_reference"
+        assert item["input"] == ("data/train.jsonl" if variant.few_shot else expected), name
     for name, location in stages["bench"]["foreach"].items():
         assert resolve(name).location == location, name

@@ -20,7 +20,8 @@ import tempfile
 from pathlib import Path
 
 from ecommerce_slm.cli import stage_main
-from ecommerce_slm.evaluation import EvalConfig, answer_text
+from ecommerce_slm.divergence import answer_text
+from ecommerce_slm.evaluation import EvalConfig
 from ecommerce_slm.files import atomic_write_text, read_jsonl, write_json
 from ecommerce_slm.gguf_file import GgufConfig, file_type, uses_imatrix
 from ecommerce_slm.llama_tools import perplexity_kl
