@@ -360,6 +360,7 @@ def cli_cases() -> Iterator[Case]:
         ),
         ("eval-gguf-imatrix-level", "stages.eval_gguf", ("IQ2_XXS-imat",), "IQ2_XXS always uses the importance matrix"),
         ("quantize-imatrix-missing", "stages.quantize_gguf", ("IQ4_XS",), "needs the importance matrix"),
+        ("kl-reference-no-merged", "stages.kl_reference", (), "no merged model (run dvc repro merge)"),
         ("eval-api-path-traversal", "stages.eval_api", ("../../etc",), "no '..'"),
         ("quantize-unknown-level", "stages.quantize_gguf", ("Q9_K",), "level: expected a llama.cpp quant type"),
         ("bench-unknown-level", "stages.bench_gguf", ("Q9_K",), "level: expected a llama.cpp quant type"),
