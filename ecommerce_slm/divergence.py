@@ -193,22 +193,22 @@ def add_kl(
         )
     elif reference_dir is not None and Path(variant.location) == Path(reference_dir):
         metrics["kl_from_merged"], metrics["kl_note"] = 0.0, "the merged model is the reference"
+    elif saved is not None and n:
+        if not saved.covers_kl(rows, n):
+            raise stale(saved, f"the first {n} rows' answer tokens")
+        set_kl(metrics, mean_kl(saved, engine, saved.sequences), n)
+    elif reference_dir is None or not (reference_dir / "config.json").exists():
+        metrics["kl_note"] = f"no reference model at {reference_dir}"
     elif n:
-        if saved is not None:
-            if not saved.covers_kl(rows, n):
-                raise stale(saved, f"the first {n} rows' answer tokens")
-            reference, sequences = saved, saved.sequences
-        elif reference_dir is None or not (reference_dir / "config.json").exists():
-            reference = None
-            metrics["kl_note"] = f"no reference model at {reference_dir}"
-        else:
-            reference = TransformersEngine(reference_dir, cfg.threads)
-            sequences = kl_sequences(rows, reference.tokenizer, n)
-        if reference is not None:
-            metrics["kl_from_merged"] = float(f"{mean_kl(reference, engine, sequences):.3g}")  # KL spans 1e-6 to 1
-            metrics["kl_note"] = f"mean over the answer tokens of {len(sequences)} eval requests"
+        reference = TransformersEngine(reference_dir, cfg.threads)
+        set_kl(metrics, mean_kl(reference, engine, kl_sequences(rows, reference.tokenizer, n)), n)
     if variant.engine == "llama_cpp" and cfg.perplexity_rows:
         metrics["llama_perplexity"] = llama_perplexity(variant, rows, cfg, saved)
+
+
+def set_kl(metrics: dict, kl: float, requests: int) -> None:
+    metrics["kl_from_merged"] = float(f"{kl:.3g}")  # significant digits, not decimals: KL spans 1e-6 to 1
+    metrics["kl_note"] = f"mean over the answer tokens of {requests} eval requests"
 
 
 def stale(saved: SavedReference, what: str) -> KlError:

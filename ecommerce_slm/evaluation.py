@@ -368,9 +368,10 @@ def run(variant: Variant, args: argparse.Namespace, cfg: EvalConfig, api: ApiSet
                 f'could never produce them (set eval.catalog: "" to allow any product)'
             )
     examples = pick_few_shot(read_jsonl(TRAIN_FILE), cfg.few_shot, cfg.few_shot_seed) if variant.few_shot else None
-    # the pipeline measures KL against the reference its stage kl_reference saved (and declares only that);
-    # without that folder (a project that never ran the stage) it is measured live, as by hand
-    saved = SavedReference(KL_REFERENCE_DIR) if pipeline and KL_REFERENCE_DIR.is_dir() else None
+    # the pipeline's rows are the ones stage kl_reference saved the reference for (it declares only that);
+    # a --limit of one's own, or a project that never ran the stage, measures it live, as by hand
+    pipeline_rows = pipeline and args.limit is None
+    saved = SavedReference(KL_REFERENCE_DIR) if pipeline_rows and KL_REFERENCE_DIR.is_dir() else None
     start = time.perf_counter()
     engine = open_engine(variant, cfg, api)
     load_seconds = time.perf_counter() - start

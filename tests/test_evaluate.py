@@ -280,6 +280,18 @@ def test_the_pipeline_eval_also_scores_the_handwritten_set_with_the_same_model(t
     assert (tmp_path / "metrics" / "handwritten" / f"{stem}.errors.jsonl").exists()
 
 
+def test_a_limit_of_ones_own_measures_kl_live_beside_a_saved_reference(tiny_model_dir, tmp_path, monkeypatch):
+    """The saved reference covers the pipeline's rows; `--limit 1` asks for other rows, which is not stale."""
+    in_a_project(tmp_path, monkeypatch)
+    write_rows(tmp_path / "data" / "eval.jsonl")
+    write_rows(tmp_path / "data" / "handwritten.jsonl", ROWS[:1])
+    build_reference(ROWS, EvalConfig(kl_examples=2, perplexity_rows=0), tiny_model_dir, tmp_path / "none.gguf",
+                    tmp_path / "models" / "kl_reference")  # fmt: skip
+    assert main(["--model", str(tiny_model_dir), "--limit", "1"]) == 0
+    metrics = json.loads((tmp_path / "metrics" / "eval" / f"{tiny_model_dir.name}.json").read_text())
+    assert metrics["n"] == 1 and metrics["kl_note"] == "no reference model at models/merged"  # live, as by hand
+
+
 def test_the_pipeline_eval_needs_the_handwritten_set(tiny_model_dir, tmp_path, monkeypatch, capsys):
     in_a_project(tmp_path, monkeypatch)
     write_rows(tmp_path / "data" / "eval.jsonl")
