@@ -27,6 +27,7 @@ class Forms:
     article: str = ""
     bare: str = ""  # a plural-looking name meaning one item ("socks", "čarape", "los calcetines"): quantity 1
     nominative: str = ""  # hr: the nominative singular, the subject of "treba mi ..." (one is the accusative)
+    plural: str = ""  # hr: the accusative plural with no number ("makni šampone"); derived when not given
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Product:
     def all_surface_forms(self, language: str) -> list[str]:
         out = []
         for f in self.forms.get(language, ()):
-            out += [x for x in dict.fromkeys((f.one, f.nominative, f.few, f.many, f.bare)) if x]
+            out += [x for x in dict.fromkeys((f.one, f.nominative, f.few, f.many, f.plural, f.bare)) if x]
         return out
 
 
@@ -105,12 +106,13 @@ def _parse_forms(value, language: str, where: str) -> tuple[Forms, ...]:
             raise CatalogError(f"{where}: missing form(s) {missing}")
         if language in GENDERS and item["gender"] not in GENDERS[language]:
             raise CatalogError(f"{where}.gender: expected one of {list(GENDERS[language])}, got {item['gender']!r}")
-        unknown = set(item) - {"one", "few", "many", "gender", "article", "bare", "nominative"}
+        unknown = set(item) - {"one", "few", "many", "gender", "article", "bare", "nominative", "plural"}
         if unknown:
             raise CatalogError(f"{where}: unknown key(s) {sorted(unknown)}")
         forms = {k: str(v) for k, v in item.items()}
         if language == "hr":
             forms["nominative"] = forms.get("nominative") or croatian_nominative(forms["one"], forms["gender"])
+            forms["plural"] = forms.get("plural") or croatian_plural(forms)
         parsed.append(Forms(**forms))
     return tuple(parsed)
 
@@ -131,4 +133,24 @@ def croatian_nominative(accusative: str, gender: str) -> str:
             break
         if word.endswith("u"):
             words[i] = word[:-1] + "a"
+    return " ".join(words)
+
+
+def croatian_plural(forms: dict[str, str]) -> str:
+    """The accusative plural, the form a plural with no number takes ("makni šampone", "dodaj kreme").
+    Feminine and neuter: the form after 2-4 (`few`: "kreme za ruke", "pakiranja"). Masculine: the genitive
+    plural (`many`) with the head noun's -a turned to -e and its adjectives' -ih to -e ("zelenih čajeva" ->
+    "zelene čajeve"); words after the head keep their case ("tetrapaka mlijeka" -> "tetrapake mlijeka").
+    Nouns whose plural drops a vowel (ranac, stalak) and pairs (par -> parove) give `plural` in catalog.yaml."""
+    if forms["gender"] != "m":
+        return forms["few"]
+    words = forms["many"].split()
+    for i, word in enumerate(words):
+        if word in CROATIAN_PREPOSITIONS:
+            break
+        if word.endswith("ih"):
+            words[i] = word[:-2] + "e"
+        elif word.endswith("a"):
+            words[i] = word[:-1] + "e"
+            break
     return " ".join(words)

@@ -33,6 +33,11 @@ class QuantityConfig(Section):
     # shuffled order instead of the skewed draw, which leaves half the words of 11..50 unwritten in 2,700
     # rows; the model cannot read "diecisiete" or "trideset osam" it never saw. The eval set keeps the draw.
     words_cover_share: float = 0.5
+    # Training only: of the requests that name no number, the share that names the product in the plural
+    # ("makni šampone", "quita los champús": one item). Without them training never shows a Croatian
+    # accusative plural, and shoppers' "makni kreme za ruke" came back as another product. 0: the stream
+    # as before the option; the eval set never draws it, so its rows stay the same.
+    training_plural_share: float = 0.3
 
     def __post_init__(self):
         check(is_pos_int(self.max) and self.max <= 99, "max", "an integer in 1..99", self.max)
@@ -42,6 +47,12 @@ class QuantityConfig(Section):
         check(is_rate(self.words_share), "words_share", "a rate in [0, 1]", self.words_share)
         check(is_rate(self.training_words_share), "training_words_share", "a rate in [0, 1]", self.training_words_share)
         check(is_rate(self.words_cover_share), "words_cover_share", "a rate in [0, 1]", self.words_cover_share)
+        check(
+            is_rate(self.training_plural_share),
+            "training_plural_share",
+            "a rate in [0, 1]",
+            self.training_plural_share,
+        )
 
 
 class GenerationError(ProjectError, RuntimeError):
@@ -56,7 +67,7 @@ class Spec:
     action: str
     product: str
     quantity: int
-    quantity_style: str  # implicit | digits | words
+    quantity_style: str  # implicit | plural (no number, the product in the plural) | digits | words
     style: str  # frame id (offline) or style id (metaprompt)
 
 
@@ -113,9 +124,11 @@ def plan_specs(
 ) -> Iterator[Spec]:
     """Endless stream of ground truths: languages interleaved by weight (equal: a cycle, as in the paper),
     the rest drawn. For `training` rows, quantities are written in words at `training_words_share`, and a
-    share of those words cycles through 1..max per language (`words_cover_share`)."""
+    share of those words cycles through 1..max per language (`words_cover_share`), and a share of the
+    requests with no number names the product in the plural (`training_plural_share`)."""
     words_share = quantity.training_words_share if training else quantity.words_share
     cover = training and quantity.words_cover_share > 0  # 0: the same stream as without the option
+    plural = training and quantity.training_plural_share > 0  # likewise
     weights = quantity_weights(quantity)
     quantities = list(range(1, quantity.max + 1))
     word_cycles: dict[str, list[int]] = {}
@@ -125,6 +138,8 @@ def plan_specs(
         amount = rng.choices(quantities, weights)[0]
         if amount == 1 and rng.random() < quantity.implicit_one_share:
             quantity_style = "implicit"
+            if plural and rng.random() < quantity.training_plural_share:
+                quantity_style = "plural"
         else:
             quantity_style = "words" if rng.random() < words_share else "digits"
             if quantity_style == "words" and cover and rng.random() < quantity.words_cover_share:

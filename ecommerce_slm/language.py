@@ -121,6 +121,25 @@ def implicit_item(language: str, forms: Forms, action: str, rng: random.Random, 
     return noun_for(language, forms, 1, case)  # Croatian has no articles
 
 
+def plural_item(language: str, forms: Forms, action: str, rng: random.Random, case: str = "accusative") -> str:
+    """One item named in the plural with no number, as shoppers write it: 'shampoos', 'the shampoos',
+    'los champús', 'unos champús', 'šampone'. Products sold in pairs use their bare name ('socks'). A Croatian
+    subject ('treba mi {item_nom}') would need a plural verb, so there the singular is written."""
+    if forms.bare:
+        return bare_item(language, forms.bare, action, rng)
+    if language == "en":
+        return f"the {forms.many}" if action == "remove" or rng.random() < 0.3 else forms.many
+    if language == "es":
+        definite = {"m": "los", "f": "las"}[forms.gender]
+        if action == "remove":
+            return f"{definite} {forms.many}"
+        determiner = rng.choice(["", {"m": "unos", "f": "unas"}[forms.gender], definite])
+        return f"{determiner} {forms.many}".strip()
+    if case == "nominative":
+        return implicit_item(language, forms, action, rng, case)
+    return forms.plural or forms.few
+
+
 def dozen_item(language: str, forms: Forms, n: int) -> str | None:
     """The idiomatic dozen forms, where n allows one ('a dozen', 'pola tuceta', 'media docena')."""
     phrases = {
@@ -146,7 +165,7 @@ def render_item(
     language: str, forms: Forms, n: int, style: str, action: str, rng: random.Random, case: str = "accusative"
 ) -> str:
     """The quantity and product as an expression's {item} (case "nominative": its {item_nom}); style is
-    implicit, digits or words.
+    implicit, plural (one item named in the plural, no number), digits or words.
 
     Digits are mostly '3 shampoos', sometimes '3x shampoos' or 'shampoos x3' (the noun keeps the form the
     number needs); words include the idioms 'a dozen', 'half a dozen', 'a couple of'.
@@ -157,6 +176,10 @@ def render_item(
         if n != 1:
             raise ValueError("render_item: only a quantity of 1 can be implicit")
         return implicit_item(language, forms, action, rng, case)
+    if style == "plural":
+        if n != 1:
+            raise ValueError("render_item: a plural with no number is one item: quantity 1")
+        return plural_item(language, forms, action, rng, case)
     noun = noun_for(language, forms, n, case)
     if style == "digits":
         shape = rng.random()

@@ -97,6 +97,7 @@ def build_messages(
     verb = "add to" if spec.action == "add" else "remove from"
     how = {
         "implicit": "Do not write a number: it is a single item.",
+        "plural": "Do not write a number: name the product in the plural, as shoppers do for a single item.",
         "digits": f"Write the quantity as digits ({spec.quantity}).",
         "words": f"Write the quantity in words, in {language}.",
     }[spec.quantity_style]
@@ -104,7 +105,7 @@ def build_messages(
         spec.language,
         forms,
         spec.quantity,
-        "digits" if spec.quantity_style == "implicit" else spec.quantity_style,
+        "digits" if spec.quantity_style == "implicit" else spec.quantity_style,  # plural: the form itself
         spec.action,
         rng,
     )
@@ -172,7 +173,7 @@ def mentions_quantity(text: str, spec: Spec) -> bool:
     numbers = {int(x) for x in re.findall(r"\d+", text)}
     if numbers - {spec.quantity}:
         return False  # another number in the text would make the truth ambiguous
-    if spec.quantity == 1 and spec.quantity_style == "implicit":
+    if spec.quantity == 1 and spec.quantity_style in ("implicit", "plural"):
         return True
     folded = f" {' '.join(_tokens(text))} "
     return spec.quantity in numbers or any(

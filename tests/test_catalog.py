@@ -1,6 +1,6 @@
 import pytest
 
-from ecommerce_slm.catalog import CatalogError, croatian_nominative, load_catalog
+from ecommerce_slm.catalog import CatalogError, croatian_nominative, croatian_plural, load_catalog
 from ecommerce_slm.language import hr_numeral_form, number_words, render_item
 
 REQUIRED = """Lip Balm, Toothpaste, Shampoo, Conditioner, Hand Cream, Sunscreen, Deodorant, Face Mask, Body Lotion,
@@ -63,17 +63,57 @@ def test_croatian_nominative_from_the_accusative(accusative, gender, nominative)
     assert croatian_nominative(accusative, gender) == nominative
 
 
-def test_the_catalog_may_give_the_nominative_itself(tmp_path):
+@pytest.mark.parametrize(
+    "gender, few, many, plural",
+    [
+        ("f", "kreme za ruke", "krema za ruke", "kreme za ruke"),  # feminine: the form after 2-4
+        ("n", "pakiranja kave u zrnu", "pakiranja kave u zrnu", "pakiranja kave u zrnu"),  # neuter too
+        ("m", "šampona", "šampona", "šampone"),  # masculine: from the genitive plural
+        ("m", "zelena čaja", "zelenih čajeva", "zelene čajeve"),  # its adjectives agree
+        ("m", "balzama za usne", "balzama za usne", "balzame za usne"),  # the prepositional phrase keeps its case
+        ("m", "tetrapaka mlijeka", "tetrapaka mlijeka", "tetrapake mlijeka"),  # so does a genitive complement
+        ("m", "USB kabela", "USB kabela", "USB kabele"),
+    ],
+)
+def test_croatian_plural_without_a_number(gender, few, many, plural):
+    assert croatian_plural({"gender": gender, "few": few, "many": many}) == plural
+
+
+def test_the_catalog_may_give_derived_forms_itself(tmp_path):
+    """The nominative and the plural are derived where catalog.yaml does not give them, and its own win."""
     path = tmp_path / "catalog.yaml"
     path.write_text(
         "products:\n  - name: Tea\n    hr: {gender: f, one: kutiju čaja, few: kutije čaja, many: kutija čaja}\n"
-        "  - name: Cup\n    hr: {gender: f, one: šalicu, few: šalice, many: šalica, nominative: šalica čaja}\n",
+        "  - name: Cup\n    hr: {gender: f, one: šalicu, few: šalice, many: šalica, nominative: šalica čaja}\n"
+        "  - name: Backpack\n    hr: {gender: m, one: ranac, few: ranca, many: ranaca, plural: rance}\n",
         encoding="utf-8",
     )
-    tea, cup = load_catalog(path, ["hr"]).products
-    assert tea.forms["hr"][0].nominative == "kutija čaja"
-    assert cup.forms["hr"][0].nominative == "šalica čaja"
-    assert "kutija čaja" in tea.all_surface_forms("hr")
+    products = load_catalog(path, ["hr"]).products
+    tea, cup, backpack = (p.forms["hr"][0] for p in products)
+    assert (tea.nominative, tea.plural) == ("kutija čaja", "kutije čaja")
+    assert (cup.nominative, backpack.plural) == ("šalica čaja", "rance")
+    assert "kutija čaja" in products[0].all_surface_forms("hr") and "rance" in products[2].all_surface_forms("hr")
+
+
+@pytest.mark.parametrize(
+    "language, product, case, expected",
+    [
+        ("hr", "Hand Cream", "accusative", {"kreme za ruke"}),
+        ("hr", "Shampoo", "accusative", {"šampone"}),
+        ("hr", "Shampoo", "nominative", {"šampon"}),  # "treba mi {item_nom}" would need a plural verb
+        ("hr", "Socks", "accusative", {"čarape"}),  # a pair product: its bare name
+        ("es", "Backpack", "accusative", {"mochilas", "unas mochilas", "las mochilas"}),
+        ("en", "Shampoo", "accusative", {"shampoos", "the shampoos"}),
+    ],
+)
+def test_a_plural_with_no_number_names_one_item_in_the_plural(catalog, language, product, case, expected):
+    import random
+
+    forms = catalog[product].forms[language][0]
+    rng = random.Random(3)
+    assert {render_item(language, forms, 1, "plural", "add", rng, case) for _ in range(40)} == expected
+    with pytest.raises(ValueError, match="quantity 1"):
+        render_item(language, forms, 2, "plural", "add", rng, case)
 
 
 @pytest.mark.parametrize(

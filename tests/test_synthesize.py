@@ -207,7 +207,7 @@ def test_quantities_mostly_small_with_a_long_tail(default_data):
     assert 0.5 < sum(q <= 3 for q in quantities) / len(quantities) < 0.8
     assert max(quantities) >= 40
     styles = {r["quantity_style"] for r in rows}
-    assert styles == {"implicit", "digits", "words"}
+    assert styles == {"implicit", "plural", "digits", "words"}
     implicit = [r for r in rows if r["quantity_style"] == "implicit"]
     assert all(r["quantity"] == 1 and not any(c.isdigit() for c in r["text"]) for r in implicit)
     assert any(
@@ -228,6 +228,31 @@ def test_training_writes_every_number_word_and_the_eval_set_keeps_the_skewed_dra
     more, _ = synthesize(DataConfig.from_dict({"quantity": {"training_words_share": 0.6}}), catalog)
     assert [r["text"] for r in more["eval"]] == [r["text"] for r in splits["eval"]]
     assert sum(r["quantity_style"] == "words" for r in more["train"]) > 1.6 * len(words)
+
+
+def test_plurals_with_no_number_are_training_only_and_one_item(default_data, catalog):
+    """data.quantity.training_plural_share: a share of the training requests with no number name the
+    product in the plural; the answer is one item, and the eval set's stream is untouched."""
+    splits, _ = default_data
+    share = DataConfig().quantity.training_plural_share
+    other = 0.0 if share else 0.3
+    changed, stats = synthesize(DataConfig.from_dict({"quantity": {"training_plural_share": other}}), catalog)
+    with_plurals = changed if other else splits
+    assert [r["text"] for r in changed["eval"]] == [r["text"] for r in splits["eval"]]  # the eval set never draws it
+    plural = [r for r in with_plurals["train"] if r["quantity_style"] == "plural"]
+    implicit = [r for r in with_plurals["train"] if r["quantity_style"] == "implicit"]
+    assert 0.2 < len(plural) / (len(plural) + len(implicit)) < 0.4
+    assert all(r["quantity"] == 1 and not any(c.isdigit() for c in r["item"]) for r in plural)
+    assert {r["language"] for r in plural} == {"en", "hr", "es"}
+    cases = {e.id: e.case for expressions in load_slots().expressions.values() for e in expressions}
+    objects = [r for r in plural if r["language"] == "hr" and cases[r["expression"]] == "accusative"]
+    assert len(objects) > 20
+    for row in objects:  # Croatian objects in the accusative plural ("makni šampone"), pairs by their bare name
+        _, _, index = row["product_form"].split("|")
+        forms = catalog[row["product"]].forms["hr"][int(index)]
+        assert row["item"] == (forms.bare or forms.plural), row
+    without = splits if other else changed
+    assert not any(r["quantity_style"] == "plural" for r in without["train"] + without["eval"])
 
 
 def test_quantity_weights_normalised_and_decreasing():
@@ -433,7 +458,7 @@ def test_every_quantity_expression_maps_back_to_its_quantity(language, catalog):
     for product in catalog.products:
         for forms in product.forms[language]:
             for n in range(1, 51):
-                for style in ("digits", "words") + (("implicit",) if n == 1 else ()):
+                for style in ("digits", "words") + (("implicit", "plural") if n == 1 else ()):
                     for _ in range(3):  # digit shapes (3, 3x, x3) and idioms are drawn
                         case = rng.choice(CASES)
                         item = render_item(language, forms, n, style, rng.choice(["add", "remove"]), rng, case)
@@ -461,6 +486,18 @@ def test_dev_set_is_drawn_like_training_and_shares_no_text(tmp_path, slots, cata
         assert row["product_form"] not in split.heldout["synonym"] and row["unseen"] == []
     with pytest.raises(SystemExit):
         dev_set(["--seed", str(cfg.eval_seed), "--out", str(tmp_path / "x.jsonl")])
+
+
+def test_dev_set_of_plurals_with_no_number(tmp_path):
+    """--plural-share S --style plural: the rows a plural recipe adds, which the eval set never draws."""
+    from tools.dev_set import main as dev_set
+
+    out = tmp_path / "plural.jsonl"
+    assert dev_set(["--seed", "779", "--n", "30", "--plural-share", "1", "--style", "plural", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 30 and all(r["quantity_style"] == "plural" and r["quantity"] == 1 for r in rows)
+    with pytest.raises(SystemExit):
+        dev_set(["--seed", "779", "--plural-share", "2", "--out", str(tmp_path / "x.jsonl")])
 
 
 @pytest.mark.parametrize("change", [{"backend": "metaprompt"}, {"source": "my_requests.jsonl"}])

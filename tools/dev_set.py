@@ -16,7 +16,13 @@ file without it (`data.n_examples` rows or `--n-train`, `data.seed`). Recipes ar
 on that set; no test set is read:
 
     python -m tools.dev_set --seed 778 --n 600 --unseen-share 0.2 --train-out /tmp/train_dev.jsonl --out /tmp/dev_unseen.jsonl
-    dvc exp run --temp -n NAME -S data.source=/tmp/train_dev.jsonl [-S the recipe change] merge
+    dvc exp run --temp -n NAME -S data.quantity.training_plural_share=0.3 merge
+
+`--plural-share S` draws quantities as training rows do, with S of the requests that name no number
+written in the plural ("makni šampone"), a style the eval set never draws; `--style plural` keeps only
+those rows:
+
+    python -m tools.dev_set --seed 779 --n 300 --plural-share 1 --style plural --exclude ... --out /tmp/dev_plural.jsonl
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unseen-share", type=float, help="hold out this share of the training slots for the set")
     parser.add_argument("--train-out", help="with --unseen-share: the training rows without that slice (.jsonl)")
     parser.add_argument("--n-train", type=int, help="rows in --train-out (default: data.n_examples)")
+    parser.add_argument("--plural-share", type=float, help="draw quantities as training does, this plural share")
+    parser.add_argument("--style", help="keep only rows of this quantity style (implicit, plural, digits, words)")
     args = parser.parse_args(argv)
     cfg = DataConfig.load()
     if args.seed in (cfg.seed, cfg.eval_seed):
@@ -59,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--unseen-share: expected a share in (0, 1), got {args.unseen_share}")
     if args.n_train is not None and (args.train_out is None or args.n_train < 2):
         parser.error(f"--n-train: expected a row count >= 2 with --train-out, got {args.n_train}")
+    if args.plural_share is not None and not 0 <= args.plural_share <= 1:
+        parser.error(f"--plural-share: expected a share in [0, 1], got {args.plural_share}")
+    if args.style is not None and args.style not in ("implicit", "plural", "digits", "words"):
+        parser.error(f"--style: expected implicit, plural, digits or words, got {args.style!r}")
     catalog = load_catalog(cfg.catalog, cfg.languages)
     slots, vocab = load_slots(), NoiseVocab.load()
     eval_split, write, styles = offline_writer(cfg, catalog, slots, vocab)
@@ -71,9 +83,15 @@ def main(argv: list[str] | None = None) -> int:
         exclude |= {row["text"].casefold() for row in train_rows}
         print(f"{args.train_out}: {len(train_rows)} training rows without the slice")
     rng = random.Random(args.seed)
-    rows, counts = generate_rows(
-        plan_specs(cfg.languages, cfg.quantity, catalog, styles, rng), write, args.n, rng, exclude
-    )
+    like_training = args.plural_share is not None
+    if like_training:
+        cfg = dataclasses.replace(
+            cfg, quantity=dataclasses.replace(cfg.quantity, training_plural_share=args.plural_share)
+        )
+    specs = plan_specs(cfg.languages, cfg.quantity, catalog, styles, rng, training=like_training)
+    if args.style:
+        specs = (spec for spec in specs if spec.quantity_style == args.style)
+    rows, counts = generate_rows(specs, write, args.n, rng, exclude)
     write_jsonl(args.out, rows)
     print(f"{args.out}: {len(rows)} rows, {counts['excluded']} drawn texts were in the excluded files")
     return 0
