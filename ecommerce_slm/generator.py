@@ -17,6 +17,7 @@ from ecommerce_slm.params import Section, check, is_pos_int, is_rate
 from ecommerce_slm.task import ACTIONS
 
 ROUND_NUMBERS = {5, 6, 10, 12, 15, 20, 24, 25, 30, 40, 50}
+QUANTITY_STYLES = ("implicit", "plural", "digits", "words")  # plural: no number, the product in the plural
 
 
 @dataclass
@@ -67,7 +68,7 @@ class Spec:
     action: str
     product: str
     quantity: int
-    quantity_style: str  # implicit | plural (no number, the product in the plural) | digits | words
+    quantity_style: str  # one of QUANTITY_STYLES
     style: str  # frame id (offline) or style id (metaprompt)
 
 

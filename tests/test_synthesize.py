@@ -233,14 +233,12 @@ def test_training_writes_every_number_word_and_the_eval_set_keeps_the_skewed_dra
 def test_plurals_with_no_number_are_training_only_and_one_item(default_data, catalog):
     """data.quantity.training_plural_share: a share of the training requests with no number name the
     product in the plural; the answer is one item, and the eval set's stream is untouched."""
-    splits, _ = default_data
-    share = DataConfig().quantity.training_plural_share
-    other = 0.0 if share else 0.3
-    changed, stats = synthesize(DataConfig.from_dict({"quantity": {"training_plural_share": other}}), catalog)
-    with_plurals = changed if other else splits
-    assert [r["text"] for r in changed["eval"]] == [r["text"] for r in splits["eval"]]  # the eval set never draws it
-    plural = [r for r in with_plurals["train"] if r["quantity_style"] == "plural"]
-    implicit = [r for r in with_plurals["train"] if r["quantity_style"] == "implicit"]
+    plain = default_data[0]  # the default share is 0: no plural anywhere
+    assert not any(r["quantity_style"] == "plural" for r in plain["train"] + plain["eval"])
+    plurals, _ = synthesize(DataConfig.from_dict({"quantity": {"training_plural_share": 0.3}}), catalog)
+    assert [r["text"] for r in plurals["eval"]] == [r["text"] for r in plain["eval"]]  # the eval set never draws it
+    plural = [r for r in plurals["train"] if r["quantity_style"] == "plural"]
+    implicit = [r for r in plurals["train"] if r["quantity_style"] == "implicit"]
     assert 0.2 < len(plural) / (len(plural) + len(implicit)) < 0.4
     assert all(r["quantity"] == 1 and not any(c.isdigit() for c in r["item"]) for r in plural)
     assert {r["language"] for r in plural} == {"en", "hr", "es"}
@@ -251,8 +249,6 @@ def test_plurals_with_no_number_are_training_only_and_one_item(default_data, cat
         _, _, index = row["product_form"].split("|")
         forms = catalog[row["product"]].forms["hr"][int(index)]
         assert row["item"] == (forms.bare or forms.plural), row
-    without = splits if other else changed
-    assert not any(r["quantity_style"] == "plural" for r in without["train"] + without["eval"])
 
 
 def test_quantity_weights_normalised_and_decreasing():
@@ -496,8 +492,10 @@ def test_dev_set_of_plurals_with_no_number(tmp_path):
     assert dev_set(["--seed", "779", "--n", "30", "--plural-share", "1", "--style", "plural", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 30 and all(r["quantity_style"] == "plural" and r["quantity"] == 1 for r in rows)
-    with pytest.raises(SystemExit):
-        dev_set(["--seed", "779", "--plural-share", "2", "--out", str(tmp_path / "x.jsonl")])
+    for bad in (["--plural-share", "2"], ["--style", "plurals"]):
+        with pytest.raises(SystemExit):
+            dev_set(["--seed", "779", *bad, "--out", str(tmp_path / "x.jsonl")])
+    assert not (tmp_path / "x.jsonl").exists()
 
 
 @pytest.mark.parametrize("change", [{"backend": "metaprompt"}, {"source": "my_requests.jsonl"}])

@@ -16,7 +16,7 @@ file without it (`data.n_examples` rows or `--n-train`, `data.seed`). Recipes ar
 on that set; no test set is read:
 
     python -m tools.dev_set --seed 778 --n 600 --unseen-share 0.2 --train-out /tmp/train_dev.jsonl --out /tmp/dev_unseen.jsonl
-    dvc exp run --temp -n NAME -S data.quantity.training_plural_share=0.3 merge
+    dvc exp run --temp -n NAME -S data.source=/tmp/train_dev.jsonl [-S the recipe change] merge
 
 `--plural-share S` draws quantities as training rows do, with S of the requests that name no number
 written in the plural ("makni šampone"), a style the eval set never draws; `--style plural` keeps only
@@ -35,7 +35,7 @@ import sys
 from ecommerce_slm.catalog import load_catalog
 from ecommerce_slm.compose import ComposeWriter, SlotSplit, load_slots, split_slots
 from ecommerce_slm.files import iter_rows, write_jsonl
-from ecommerce_slm.generator import generate_rows, plan_specs
+from ecommerce_slm.generator import QUANTITY_STYLES, generate_rows, plan_specs
 from ecommerce_slm.noise import NoiseVocab
 from stages.synthesize import DataConfig, offline_writer, training_rows
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-out", help="with --unseen-share: the training rows without that slice (.jsonl)")
     parser.add_argument("--n-train", type=int, help="rows in --train-out (default: data.n_examples)")
     parser.add_argument("--plural-share", type=float, help="draw quantities as training does, this plural share")
-    parser.add_argument("--style", help="keep only rows of this quantity style (implicit, plural, digits, words)")
+    parser.add_argument("--style", choices=QUANTITY_STYLES, help="keep only rows of this quantity style")
     args = parser.parse_args(argv)
     cfg = DataConfig.load()
     if args.seed in (cfg.seed, cfg.eval_seed):
@@ -69,8 +69,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--n-train: expected a row count >= 2 with --train-out, got {args.n_train}")
     if args.plural_share is not None and not 0 <= args.plural_share <= 1:
         parser.error(f"--plural-share: expected a share in [0, 1], got {args.plural_share}")
-    if args.style is not None and args.style not in ("implicit", "plural", "digits", "words"):
-        parser.error(f"--style: expected implicit, plural, digits or words, got {args.style!r}")
     catalog = load_catalog(cfg.catalog, cfg.languages)
     slots, vocab = load_slots(), NoiseVocab.load()
     eval_split, write, styles = offline_writer(cfg, catalog, slots, vocab)
