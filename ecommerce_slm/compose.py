@@ -18,7 +18,7 @@ import yaml
 
 from ecommerce_slm.catalog import Catalog
 from ecommerce_slm.generator import GenerationError, Spec, seeded_share
-from ecommerce_slm.language import render_item
+from ecommerce_slm.language import plural_written_singular, render_item
 from ecommerce_slm.noise import NoiseVocab, add_noise
 from ecommerce_slm.paths import SLOTS_FILE
 from ecommerce_slm.task import ACTIONS
@@ -222,6 +222,8 @@ class ComposeWriter:
             "item": item,  # the quantity and product as written, before noise
             "unseen": [slot for slot, flag in (("expression", unseen_expression), ("synonym", unseen_form)) if flag],
         }
+        if spec.quantity_style == "plural" and plural_written_singular(language, forms[form_index], expression.case):
+            meta["quantity_style"] = "implicit"  # the label says what the text has: the singular, no number
         return text, noise, meta
 
 

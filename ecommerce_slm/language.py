@@ -121,10 +121,18 @@ def implicit_item(language: str, forms: Forms, action: str, rng: random.Random, 
     return noun_for(language, forms, 1, case)  # Croatian has no articles
 
 
+def plural_written_singular(language: str, forms: Forms, case: str) -> bool:
+    """Whether plural_item writes the singular: a Croatian subject ('treba mi {item_nom}') would need a plural
+    verb. Pair products keep their bare name."""
+    return language == "hr" and not forms.bare and case == "nominative"
+
+
 def plural_item(language: str, forms: Forms, action: str, rng: random.Random, case: str = "accusative") -> str:
     """One item named in the plural with no number, as shoppers write it: 'shampoos', 'the shampoos',
-    'los champús', 'unos champús', 'šampone'. Products sold in pairs use their bare name ('socks'). A Croatian
-    subject ('treba mi {item_nom}') would need a plural verb, so there the singular is written."""
+    'los champús', 'unos champús', 'šampone'. Products sold in pairs use their bare name ('socks'); a Croatian
+    subject gets the singular (plural_written_singular)."""
+    if plural_written_singular(language, forms, case):
+        return implicit_item(language, forms, action, rng, case)
     if forms.bare:
         return bare_item(language, forms.bare, action, rng)
     if language == "en":
@@ -135,8 +143,6 @@ def plural_item(language: str, forms: Forms, action: str, rng: random.Random, ca
             return f"{definite} {forms.many}"
         determiner = rng.choice(["", {"m": "unos", "f": "unas"}[forms.gender], definite])
         return f"{determiner} {forms.many}".strip()
-    if case == "nominative":
-        return implicit_item(language, forms, action, rng, case)
     return forms.plural or forms.few
 
 

@@ -249,6 +249,9 @@ def test_plurals_with_no_number_are_training_only_and_one_item(default_data, cat
         _, _, index = row["product_form"].split("|")
         forms = catalog[row["product"]].forms["hr"][int(index)]
         assert row["item"] == (forms.bare or forms.plural), row
+    for row in (r for r in plural if r["language"] == "hr" and cases[r["expression"]] == "nominative"):
+        _, _, index = row["product_form"].split("|")  # a subject is written in the singular, and labelled so
+        assert catalog[row["product"]].forms["hr"][int(index)].bare, row
 
 
 def test_quantity_weights_normalised_and_decreasing():
@@ -485,13 +488,14 @@ def test_dev_set_is_drawn_like_training_and_shares_no_text(tmp_path, slots, cata
 
 
 def test_dev_set_of_plurals_with_no_number(tmp_path):
-    """--plural-share S --style plural: the rows a plural recipe adds, which the eval set never draws."""
+    """--plural-share S --style plural: the rows a plural recipe adds, which the eval set never draws; a
+    Croatian subject, written in the singular, is no plural row (5 of this seed's first 300 would be)."""
     from tools.dev_set import main as dev_set
 
     out = tmp_path / "plural.jsonl"
-    assert dev_set(["--seed", "779", "--n", "30", "--plural-share", "1", "--style", "plural", "--out", str(out)]) == 0
+    assert dev_set(["--seed", "779", "--n", "300", "--plural-share", "1", "--style", "plural", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-    assert len(rows) == 30 and all(r["quantity_style"] == "plural" and r["quantity"] == 1 for r in rows)
+    assert len(rows) == 300 and all(r["quantity_style"] == "plural" and r["quantity"] == 1 for r in rows)
     for bad in (["--plural-share", "2"], ["--style", "plurals"]):
         with pytest.raises(SystemExit):
             dev_set(["--seed", "779", *bad, "--out", str(tmp_path / "x.jsonl")])

@@ -89,10 +89,24 @@ def main(argv: list[str] | None = None) -> int:
     specs = plan_specs(cfg.languages, cfg.quantity, catalog, styles, rng, training=like_training)
     if args.style:
         specs = (spec for spec in specs if spec.quantity_style == args.style)
+        write = in_style(write, args.style)
     rows, counts = generate_rows(specs, write, args.n, rng, exclude)
     write_jsonl(args.out, rows)
     print(f"{args.out}: {len(rows)} rows, {counts['excluded']} drawn texts were in the excluded files")
     return 0
+
+
+def in_style(write, style: str):
+    """The writer, rejecting a row whose text could not take the planned style: a Croatian subject ("treba
+    mi {item_nom}") is written in the singular, so it is no plural row."""
+
+    def written(spec, rng):
+        text, reason, *meta = write(spec, rng)
+        if meta and meta[0].get("quantity_style", style) != style:
+            return None, f"written as {meta[0]['quantity_style']}"
+        return (text, reason, *meta)
+
+    return written
 
 
 def unseen_slice(cfg: DataConfig, catalog, slots, vocab, eval_split: SlotSplit, share: float, seed: int):
