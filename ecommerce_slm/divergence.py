@@ -79,17 +79,27 @@ def rows_sha256(rows: list[dict]) -> str:
     return hashlib.sha256(answer_text(rows).encode()).hexdigest()
 
 
+def kl_scope(rows: list[dict], n: int) -> dict:
+    """What a saved KL reference was computed from: written with it, compared when it is read."""
+    return {"rows": n, "rows_sha256": rows_sha256(rows[:n])}
+
+
+def perplexity_scope(rows: list[dict], cfg: EvalConfig) -> dict:
+    """What a saved llama-perplexity base was computed from (its context may shrink with few tokens)."""
+    used = min(len(rows), cfg.perplexity_rows)
+    return {"rows": used, "rows_sha256": rows_sha256(rows[:used]), "requested_context": cfg.perplexity_context}
+
+
 def perplexity_plan(rows: list[dict], cfg: EvalConfig, reference_file: Path) -> dict:
     """The text llama-perplexity reads and its chunk size, or why there is too little of it."""
     import llama_cpp
 
     text = answer_text(rows[: cfg.perplexity_rows])
     tokens = len(llama_cpp.Llama(str(reference_file), vocab_only=True, verbose=False).tokenize(text.encode()))
-    used = min(len(rows), cfg.perplexity_rows)
-    plan = {"rows": used, "rows_sha256": rows_sha256(rows[:used]), "requested_context": cfg.perplexity_context}
+    plan = perplexity_scope(rows, cfg)
     context = min(cfg.perplexity_context, tokens // 2)  # it needs at least two chunks
     if context < 32:
-        return {**plan, "skipped": f"{tokens} tokens in {used} rows: too few for two chunks"}
+        return {**plan, "skipped": f"{tokens} tokens in {plan['rows']} rows: too few for two chunks"}
     return {**plan, "text": text, "tokens": tokens, "context": context}
 
 
@@ -102,18 +112,15 @@ class SavedReference:
         self.info = json.loads(info_file.read_text()) if info_file.is_file() else {}
         self._logprobs = None
 
+    def _covers(self, part: str, scope: dict) -> bool:
+        saved = self.info.get(part) or {}
+        return all(saved.get(key) == value for key, value in scope.items())
+
     def covers_kl(self, rows: list[dict], n: int) -> bool:
-        kl = self.info.get("kl") or {}
-        return kl.get("rows") == n and kl.get("rows_sha256") == rows_sha256(rows[:n])
+        return self._covers("kl", kl_scope(rows, n))
 
     def covers_perplexity(self, rows: list[dict], cfg: EvalConfig) -> bool:
-        plan = self.info.get("perplexity") or {}
-        used = min(len(rows), cfg.perplexity_rows)
-        return (
-            plan.get("rows") == used
-            and plan.get("rows_sha256") == rows_sha256(rows[:used])
-            and plan.get("requested_context") == cfg.perplexity_context
-        )
+        return self._covers("perplexity", perplexity_scope(rows, cfg))
 
     @property
     def sequences(self) -> list[tuple[list[int], int]]:
@@ -153,8 +160,7 @@ def build_reference(rows: list[dict], cfg: EvalConfig, merged_dir: Path, f16_fil
             atomic_write_bytes(scratch / LOGPROBS_FILE, save({str(i): lp for i, lp in enumerate(logprobs)}))
             info["kl"] = {
                 "reference": str(merged_dir),
-                "rows": n,
-                "rows_sha256": rows_sha256(rows[:n]),
+                **kl_scope(rows, n),
                 "answer_tokens": sum(len(lp) for lp in logprobs),
                 "sequences": [[ids, start] for ids, start in sequences],
             }
